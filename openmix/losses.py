@@ -1,0 +1,214 @@
+"""Targets, losses and mixing objectives.
+
+Label smoothing belongs to the targets, not to the mixer: :func:`one_hot_targets` smooths each sample's own target
+before :func:`mix_targets` interpolates them. Every loss takes logits (B, K).
+
+The objective modules (``SoftTargetCrossEntropy``, ``MixedBinaryCrossEntropy``, ``DecoupledMixupLoss``,
+``RegMixupLoss``) take the mixer's :class:`~openmix.MixOutput` directly, so a training step is
+``loss = objective(model(out.x), out)`` whatever the method.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+if TYPE_CHECKING:  # MixOutput imports this module; the type is only needed for annotations
+    from openmix.mixers._base import MixOutput
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def _check_smoothing(smoothing: Any) -> float:
+    if isinstance(smoothing, bool) or not isinstance(smoothing, (int, float)):
+        raise TypeError(f"smoothing must be a number, got {type(smoothing).__name__}")
+    if not 0.0 <= smoothing < 1.0 or math.isnan(smoothing):
+        raise ValueError(f"smoothing must lie in [0, 1), got {smoothing}")
+    return float(smoothing)
+
+
+def _check_eta(eta: Any) -> float:
+    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta) or eta < 0:
+        raise ValueError(f"eta must be a finite number >= 0, got {eta!r}")
+    return float(eta)
+
+
+def _reduce(loss: Tensor, reduction: str) -> Tensor:
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    if reduction == "none":
+        return loss
+    raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+
+
+def one_hot_targets(y: Tensor, num_classes: int, smoothing: float = 0.0) -> Tensor:
+    """(B, K) float32 targets from class ids (B,) or soft / multi-hot targets (B, K), label-smoothed.
+
+    Smoothing moves ``smoothing`` of the mass to the uniform distribution: ``t * (1 - s) + s / K``.
+    """
+    smoothing = _check_smoothing(smoothing)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    if y.dim() == 1:
+        if y.dtype != torch.int64:
+            raise TypeError(f"y with shape (B,) must hold int64 class ids, got {y.dtype}")
+        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+            raise ValueError(f"y holds class ids outside [0, {num_classes}): min {int(y.min())}, max {int(y.max())}")
+        targets = F.one_hot(y, num_classes).float()
+    elif y.dim() == 2:
+        if y.shape[1] != num_classes:
+            raise ValueError(f"y has {y.shape[1]} classes but num_classes={num_classes}")
+        targets = y.float()
+    else:
+        raise ValueError(f"y must have shape (B,) or (B, K), got {tuple(y.shape)}")
+    if smoothing > 0:
+        targets = targets * (1.0 - smoothing) + smoothing / num_classes
+    return targets
+
+
+def mix_targets(y_a: Tensor, y_b: Tensor, lam: Tensor, num_classes: int, smoothing: float = 0.0) -> Tensor:
+    """(B, K) float32 ``lam * t(y_a) + (1 - lam) * t(y_b)`` with t from :func:`one_hot_targets`."""
+    target_a = one_hot_targets(y_a, num_classes, smoothing)
+    target_b = one_hot_targets(y_b, num_classes, smoothing)
+    lam = lam.to(device=target_a.device, dtype=torch.float32).reshape(-1, 1)
+    return torch.lerp(target_b, target_a, lam)
+
+
+def soft_target_cross_entropy(logits: Tensor, targets: Tensor, reduction: str = "mean") -> Tensor:
+    """Cross entropy against a target distribution: ``-sum_k t_k log softmax(z)_k`` per sample."""
+    if logits.shape != targets.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} must have the same shape")
+    loss = -(targets * F.log_softmax(logits.float(), dim=-1)).sum(dim=-1)
+    return _reduce(loss, reduction)
+
+
+def binary_cross_entropy(
+    logits: Tensor, targets: Tensor, target_threshold: float | None = None, reduction: str = "mean"
+) -> Tensor:
+    """Per-class sigmoid BCE against (mixed) soft targets, as timm's ``BinaryCrossEntropy``.
+
+    With ``target_threshold`` the targets are binarised first (``t > threshold``), so every class present in the
+    mix above that share counts as a positive. The per-sample loss is the mean over classes.
+    """
+    if logits.shape != targets.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} must have the same shape")
+    if target_threshold is not None:
+        targets = targets.gt(target_threshold).to(targets.dtype)
+    loss = F.binary_cross_entropy_with_logits(logits.float(), targets.float(), reduction="none").mean(dim=-1)
+    return _reduce(loss, reduction)
+
+
+def decoupled_regularizer(
+    logits: Tensor, y_a: Tensor, y_b: Tensor, lam: Tensor, lam_weighted: bool = True, reduction: str = "mean"
+) -> Tensor:
+    """The Decoupled Mixup (DM) term: each mixed class is scored by a softmax that excludes its competitor.
+
+    For a sample mixing classes a and b with share lam of a (Liu et al., "Harnessing Hard Mixed Samples with
+    Decoupled Regularizer", NeurIPS 2023):
+
+        DM = -w_a log( e^{z_a} / sum_{c != b} e^{z_c} ) - w_b log( e^{z_b} / sum_{c != a} e^{z_c} )
+
+    with (w_a, w_b) = (lam, 1 - lam) when ``lam_weighted`` (OpenMixup's published configs) else (1, 1). Removing the
+    competitor from the softmax means the network is not penalised for being confident in both mixed classes.
+    Samples with a == b carry no decoupled term (0).
+
+    Args:
+        logits: (B, K) logits of the mixed batch.
+        y_a, y_b: (B,) int64 class ids of each sample and of its partner.
+        lam: (B,) share of sample a.
+    """
+    for name, labels in (("y_a", y_a), ("y_b", y_b)):
+        if labels.dim() != 1 or labels.dtype != torch.int64:
+            raise TypeError(f"{name} must be (B,) int64 class ids for the decoupled regularizer, got {labels.dtype}")
+    logits = logits.float()
+    num_classes = logits.shape[-1]
+    log_prob_a = F.log_softmax(logits.masked_fill(F.one_hot(y_b, num_classes).bool(), float("-inf")), dim=-1)
+    log_prob_b = F.log_softmax(logits.masked_fill(F.one_hot(y_a, num_classes).bool(), float("-inf")), dim=-1)
+    nll_a = -log_prob_a.gather(1, y_a[:, None]).squeeze(1)
+    nll_b = -log_prob_b.gather(1, y_b[:, None]).squeeze(1)
+    lam = lam.to(device=logits.device, dtype=torch.float32)
+    weight_a, weight_b = (lam, 1.0 - lam) if lam_weighted else (torch.ones_like(lam), torch.ones_like(lam))
+    distinct = y_a != y_b
+    # where a == b the masked softmax excludes the target itself (-inf); those samples contribute 0
+    loss = torch.where(distinct, weight_a * nll_a + weight_b * nll_b, torch.zeros_like(lam))
+    return _reduce(loss, reduction)
+
+
+def regmixup_loss(
+    clean_logits: Tensor, clean_targets: Tensor, mixed_logits: Tensor, mixed_targets: Tensor, eta: float = 1.0
+) -> Tensor:
+    """RegMixup (Pinto et al., NeurIPS 2022): CE on the clean batch + eta * CE on the mixed batch."""
+    eta = _check_eta(eta)
+    return soft_target_cross_entropy(clean_logits, clean_targets) + eta * soft_target_cross_entropy(
+        mixed_logits, mixed_targets
+    )
+
+
+class SoftTargetCrossEntropy(nn.Module):
+    """Mixed cross entropy: soft-target CE against ``mix.soft_targets(K, smoothing)``."""
+
+    uses_clean_batch = False
+
+    def __init__(self, smoothing: float = 0.0):
+        super().__init__()
+        self.smoothing = _check_smoothing(smoothing)
+
+    def forward(self, logits: Tensor, mix: MixOutput) -> Tensor:
+        return soft_target_cross_entropy(logits, mix.soft_targets(logits.shape[-1], self.smoothing))
+
+
+class MixedBinaryCrossEntropy(nn.Module):
+    """BCE against the mixed targets (optionally binarised at ``target_threshold``), as in timm / DeiT III."""
+
+    uses_clean_batch = False
+
+    def __init__(self, smoothing: float = 0.0, target_threshold: float | None = None):
+        super().__init__()
+        self.smoothing = _check_smoothing(smoothing)
+        if target_threshold is not None and not 0.0 <= float(target_threshold) < 1.0:
+            raise ValueError(f"target_threshold must lie in [0, 1) or be None, got {target_threshold}")
+        self.target_threshold = target_threshold
+
+    def forward(self, logits: Tensor, mix: MixOutput) -> Tensor:
+        targets = mix.soft_targets(logits.shape[-1], self.smoothing)
+        return binary_cross_entropy(logits, targets, self.target_threshold)
+
+
+class DecoupledMixupLoss(nn.Module):
+    """Mixed CE + ``eta`` * the decoupled regularizer (:func:`decoupled_regularizer`)."""
+
+    uses_clean_batch = False
+
+    def __init__(self, eta: float = 0.1, smoothing: float = 0.0, lam_weighted: bool = True):
+        super().__init__()
+        self.eta = _check_eta(eta)
+        self.smoothing = _check_smoothing(smoothing)
+        self.lam_weighted = bool(lam_weighted)
+
+    def forward(self, logits: Tensor, mix: MixOutput) -> Tensor:
+        mixed = soft_target_cross_entropy(logits, mix.soft_targets(logits.shape[-1], self.smoothing))
+        return mixed + self.eta * decoupled_regularizer(logits, mix.y_a, mix.y_b, mix.lam, self.lam_weighted)
+
+
+class RegMixupLoss(nn.Module):
+    """RegMixup: CE on the clean batch + ``eta`` * mixed CE. The clean and mixed batches go through the network
+    together (``model(torch.cat([x, mix.x]))``), so ``uses_clean_batch`` tells the trainer to concatenate them."""
+
+    uses_clean_batch = True
+
+    def __init__(self, eta: float = 1.0, smoothing: float = 0.0):
+        super().__init__()
+        self.eta = _check_eta(eta)
+        self.smoothing = _check_smoothing(smoothing)
+
+    def forward(self, logits: Tensor, mix: MixOutput, clean_logits: Tensor) -> Tensor:
+        num_classes = logits.shape[-1]
+        clean_targets = one_hot_targets(mix.y_a, num_classes, self.smoothing)
+        mixed_targets = mix.soft_targets(num_classes, self.smoothing)
+        return regmixup_loss(clean_logits, clean_targets, logits, mixed_targets, self.eta)

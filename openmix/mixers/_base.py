@@ -1,0 +1,167 @@
+"""The mixer contract: :class:`MixOutput` and the :class:`Mixer` base class.
+
+A mixer takes a batch ``x`` (B, C, H, W) and its labels ``y`` and returns a :class:`MixOutput`. The base class owns
+everything common to all methods: argument checks, partner pairing, lambda sampling (one per batch or one per
+sample), explicit ``lam`` and the label bookkeeping. A subclass only implements :meth:`Mixer.mix`, which turns
+(x, partner index, lambdas) into the mixed pixels.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from openmix.losses import mix_targets
+from openmix.mixers import functional as F_mix
+
+MODES = ("batch", "elem")
+
+
+@dataclass
+class MixOutput:
+    """The result of a mixer call.
+
+    Attributes:
+        x: mixed batch (B, C, H, W), same dtype, device and memory format as the input.
+        index: (B,) int64; sample i was mixed with input sample ``index[i]``.
+        lam: (B,) float32 in [0, 1]; the share of sample i itself in ``x[i]`` and the weight of ``y_a``.
+        y_a: labels of the samples themselves (the input ``y``).
+        y_b: labels of the partners, ``y[index]``.
+        mask: ``None`` for global interpolation, else the per-pixel weight of sample i itself, (1 or B, 1, H, W)
+            float32, broadcastable to ``x``.
+    """
+
+    x: Tensor
+    index: Tensor
+    lam: Tensor
+    y_a: Tensor
+    y_b: Tensor
+    mask: Tensor | None = None
+
+    def soft_targets(self, num_classes: int, smoothing: float = 0.0) -> Tensor:
+        """(B, K) float32 rows ``lam * t(y_a) + (1 - lam) * t(y_b)``, t = (smoothed) one-hot or soft target."""
+        return mix_targets(self.y_a, self.y_b, self.lam, num_classes, smoothing)
+
+
+def check_positive(value: Any, name: str) -> float:
+    """``value`` as a float > 0, else a ``ValueError``/``TypeError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value}")
+    return float(value)
+
+
+def check_choice(value: Any, choices: tuple[str, ...], name: str) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
+
+
+def check_batch(x: Any, y: Any) -> None:
+    """Validate the (x, y) pair of the mixer contract; errors name the offending argument."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"x must have shape (B, C, H, W), got {x.dim()} dimensions: {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"x must be a floating point tensor, got {x.dtype}")
+    if x.shape[0] < 1 or x.numel() == 0:
+        raise ValueError(f"x must hold at least one non-empty image, got shape {tuple(x.shape)}")
+    if not isinstance(y, Tensor):
+        raise TypeError(f"y must be a torch.Tensor, got {type(y).__name__}")
+    if y.shape[0:1] != x.shape[0:1]:
+        raise ValueError(f"y must have batch size {x.shape[0]} like x, got shape {tuple(y.shape)}")
+    if y.dim() == 1:
+        if y.dtype != torch.int64:
+            raise TypeError(f"y with shape (B,) must hold int64 class ids, got {y.dtype}")
+        if y.numel() and int(y.min()) < 0:
+            raise ValueError(f"y holds negative class ids (min {int(y.min())})")
+    elif y.dim() == 2:
+        if not y.is_floating_point():
+            raise TypeError(f"y with shape (B, K) must be a floating point target, got {y.dtype}")
+    else:
+        raise ValueError(f"y must have shape (B,) or (B, K), got {tuple(y.shape)}")
+
+
+class Mixer(nn.Module, abc.ABC):
+    """Base class of every pixel-space mixer.
+
+    Args:
+        alpha: concentration of the Beta(alpha, alpha) distribution that lambda is drawn from (> 0).
+        mode: ``"batch"`` draws one lambda (box, mask) for the whole batch, as in the papers; ``"elem"`` draws one
+            per sample, vectorised over the batch.
+        pairing: ``"random"`` pairs each sample with a random permutation of the batch; ``"flip"`` with the
+            reversed batch (sample i with sample B-1-i).
+        inplace: write the mixed pixels into the input tensor instead of a new one.
+
+    Subclasses set ``requires`` to the names of the call-time inputs they need from a trainer (e.g. ``("model",)``).
+    """
+
+    requires: tuple[str, ...] = ()
+    registry_name: str = ""
+
+    def __init__(self, alpha: float = 1.0, mode: str = "batch", pairing: str = "random", inplace: bool = False):
+        super().__init__()
+        self.alpha = check_positive(alpha, "alpha")
+        self.mode = check_choice(mode, MODES, "mode")
+        self.pairing = check_choice(pairing, F_mix.PAIRINGS, "pairing")
+        if not isinstance(inplace, bool):
+            raise TypeError(f"inplace must be a bool, got {type(inplace).__name__}")
+        self.inplace = inplace
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}, mode={self.mode!r}, pairing={self.pairing!r}, inplace={self.inplace}"
+
+    def forward(
+        self,
+        x: Tensor,
+        y: Tensor,
+        generator: torch.Generator | None = None,
+        lam: float | Tensor | None = None,
+        **context: Any,
+    ) -> MixOutput:
+        """Mix a batch.
+
+        Args:
+            x: (B, C, H, W) floating point images.
+            y: (B,) int64 class ids or (B, K) soft / multi-hot targets.
+            generator: a ``torch.Generator`` that makes the call reproducible; the global torch RNG if ``None``.
+            lam: explicit lambda in [0, 1]: a number, or in ``elem`` mode also a (B,) tensor. Methods whose
+                region is clipped to the image report the lambda they actually applied.
+            **context: what a mixer that needs a network takes at call time (see ``requires``).
+        """
+        check_batch(x, y)
+        unknown = sorted(set(context) - set(self.requires))
+        if unknown:
+            raise ValueError(f"{type(self).__name__} got unexpected call arguments {unknown}; it takes {self.requires}")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        batch_size = x.shape[0]
+        lam_in = F_mix.check_lam(lam, batch_size, self.mode)
+        index = F_mix.partner_index(batch_size, self.pairing, generator).to(x.device)
+        mixed, lam_out, mask = self.mix(x, index, lam_in, generator, **context)
+        lam_out = lam_out.to(device=x.device, dtype=torch.float32).clamp_(0.0, 1.0)
+        return MixOutput(mixed, index, lam_out, y, y.index_select(0, index), mask)
+
+    def draw_lam(self, lam_in: Tensor | None, batch_size: int, generator: torch.Generator | None) -> Tensor:
+        """(B,) float64 CPU lambdas: the explicit ones, else Beta(alpha, alpha) draws (one per batch or sample)."""
+        if lam_in is not None:
+            return lam_in
+        draws = F_mix.sample_beta(self.alpha, 1 if self.mode == "batch" else batch_size, generator)
+        return draws.expand(batch_size) if self.mode == "batch" else draws
+
+    @abc.abstractmethod
+    def mix(
+        self, x: Tensor, index: Tensor, lam: Tensor | None, generator: torch.Generator | None, **context: Any
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Mix ``x`` with ``x[index]``; return (mixed x, (B,) lambda actually applied, mask or None)."""
+
+    def output_buffer(self, x: Tensor) -> Tensor:
+        """The tensor the mixed batch is written to: ``x`` itself when ``inplace``, else a new one like it."""
+        return x if self.inplace else torch.empty_like(x)

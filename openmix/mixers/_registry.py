@@ -1,0 +1,116 @@
+"""The mixer registry: one source of truth for names, papers, defaults and what each mixer needs.
+
+Every mixer module registers its class with :func:`register_mixer` at import time; ``openmix.mixers`` imports
+all of them eagerly, so ``list_mixers()`` is complete as soon as ``openmix`` is imported. Tests, the benchmark
+script and the CLI all iterate over this registry instead of keeping their own lists.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class MixerEntry:
+    """What the registry knows about one mixer.
+
+    Attributes:
+        name: registry name, lower case (``"cutmix"``).
+        cls: the ``nn.Module`` class that implements it.
+        paper: paper title.
+        url: link to the paper.
+        defaults: the paper's default hyperparameters, as keyword arguments of ``cls``.
+        needs_network: True when the mixer needs a network at call time (features, the model, an EMA copy).
+            The training module reads this (and the instance's ``requires``) instead of branching on names.
+    """
+
+    name: str
+    cls: type[nn.Module]
+    paper: str
+    url: str
+    defaults: dict[str, Any] = field(default_factory=dict)
+    needs_network: bool = False
+
+
+_REGISTRY: dict[str, MixerEntry] = {}
+
+
+def register_mixer(
+    name: str, *, paper: str, url: str, defaults: dict[str, Any] | None = None, needs_network: bool = False
+) -> Callable[[type[nn.Module]], type[nn.Module]]:
+    """Class decorator that adds a mixer to the registry.
+
+    Args:
+        name: registry name; must be new (a duplicate raises ``ValueError``).
+        paper: paper title.
+        url: link to the paper.
+        defaults: the paper's default hyperparameters; each must be a keyword argument of the class.
+        needs_network: whether the mixer needs a network at call time.
+    """
+    key = name.lower()
+
+    def decorator(cls: type[nn.Module]) -> type[nn.Module]:
+        if key in _REGISTRY:
+            raise ValueError(f"mixer name {key!r} is already registered by {_REGISTRY[key].cls.__qualname__}")
+        params = inspect.signature(cls.__init__).parameters
+        unknown = sorted(set(defaults or {}) - set(params))
+        if unknown:
+            raise ValueError(f"defaults {unknown} of mixer {key!r} are not arguments of {cls.__qualname__}")
+        _REGISTRY[key] = MixerEntry(key, cls, paper, url, dict(defaults or {}), needs_network)
+        cls.registry_name = key
+        return cls
+
+    return decorator
+
+
+def list_mixers(pattern: str | None = None) -> list[str]:
+    """Sorted names of the registered mixers, optionally filtered by a shell-style ``pattern`` (``"*mix"``)."""
+    names = sorted(_REGISTRY)
+    if pattern is not None:
+        names = [name for name in names if fnmatch.fnmatch(name, pattern.lower())]
+    return names
+
+
+def get_mixer_entry(name: str) -> MixerEntry:
+    """The registry entry of ``name``; an unknown name raises ``ValueError`` listing close matches."""
+    if not isinstance(name, str):
+        raise TypeError(f"mixer name must be a str, got {type(name).__name__}")
+    key = name.lower()
+    if key not in _REGISTRY:
+        close = difflib.get_close_matches(key, list(_REGISTRY), n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise ValueError(f"unknown mixer {name!r}{hint} Registered mixers: {', '.join(list_mixers())}")
+    return _REGISTRY[key]
+
+
+def create_mixer(name_or_module: str | nn.Module, **kwargs: Any) -> nn.Module:
+    """Build a mixer by registry name with the paper's defaults overridden by ``kwargs``, or pass a module through.
+
+    Args:
+        name_or_module: a registered name (case-insensitive) or an already built mixer module.
+        **kwargs: constructor arguments; an unknown keyword raises ``ValueError`` naming it.
+
+    Returns:
+        The mixer, an ``nn.Module`` whose call returns a :class:`~openmix.MixOutput`.
+    """
+    if isinstance(name_or_module, nn.Module):
+        if kwargs:
+            raise ValueError(f"keyword arguments {sorted(kwargs)} given with an already built mixer module")
+        return name_or_module
+    entry = get_mixer_entry(name_or_module)
+    params = inspect.signature(entry.cls.__init__).parameters
+    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    allowed = [p for p in params if p != "self"]
+    unknown = [key for key in kwargs if key not in params]
+    if unknown and not accepts_any:
+        suggestions = {key: difflib.get_close_matches(key, allowed, n=1) for key in unknown}
+        detail = ", ".join(f"{key!r}" + (f" (did you mean {s[0]!r}?)" if s else "") for key, s in suggestions.items())
+        raise ValueError(f"unknown argument(s) for mixer {entry.name!r}: {detail}. Allowed: {', '.join(allowed)}")
+    return entry.cls(**{**entry.defaults, **kwargs})

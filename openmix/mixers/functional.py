@@ -1,0 +1,176 @@
+"""Pure functions shared by the mixers: lambda sampling, pairing, boxes, masks and the blending kernels.
+
+Conventions:
+- Random draws take an optional ``torch.Generator``; small draws (lambdas, boxes, permutations) are made on the
+  generator's device and kept on the CPU, where boxes become Python ints for slicing. The global NumPy RNG is never
+  used: Beta draws come from a NumPy ``Generator`` seeded from the torch RNG, so ``torch.manual_seed`` or an
+  explicit generator makes every call reproducible.
+- A box is a row ``[top, bottom, left, right]`` of int64 pixel coordinates, half-open (``x[..., top:bottom,
+  left:right]``). A batch-mode call uses one box, (1, 4); an elem-mode call one per sample, (B, 4).
+- A mask is the per-pixel weight of sample i itself: 1 keeps its pixel, 0 takes the partner's.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+PAIRINGS = ("random", "flip")
+
+
+def _rng_device(generator: torch.Generator | None) -> torch.device:
+    return generator.device if generator is not None else torch.device("cpu")
+
+
+def numpy_rng(generator: torch.Generator | None) -> np.random.Generator:
+    """A NumPy ``Generator`` seeded from the torch RNG (``generator`` or the global one)."""
+    seed = torch.randint(0, 2**62, (1,), generator=generator, device=_rng_device(generator))
+    return np.random.default_rng(int(seed))
+
+
+def sample_beta(alpha: float, n: int, generator: torch.Generator | None = None) -> Tensor:
+    """(n,) float64 CPU draws from Beta(alpha, alpha)."""
+    return torch.from_numpy(numpy_rng(generator).beta(alpha, alpha, size=n))
+
+
+def sample_uniform(low: float, high: float, n: int, generator: torch.Generator | None = None) -> Tensor:
+    """(n,) float64 CPU draws from U[low, high)."""
+    draws = torch.rand(n, generator=generator, dtype=torch.float64, device=_rng_device(generator)).cpu()
+    return low + (high - low) * draws
+
+
+def sample_int(high: Tensor | int, n: int, generator: torch.Generator | None = None) -> Tensor:
+    """(n,) int64 CPU draws uniform in {0, ..., high - 1}; ``high`` may be a (n,) tensor of per-draw bounds."""
+    high = torch.as_tensor(high, dtype=torch.float64)
+    draws = torch.rand(n, generator=generator, dtype=torch.float64, device=_rng_device(generator)).cpu()
+    return torch.minimum((draws * high).floor(), (high - 1).clamp(min=0)).long()
+
+
+def partner_index(batch_size: int, pairing: str = "random", generator: torch.Generator | None = None) -> Tensor:
+    """(B,) int64 CPU partner of each sample: a random permutation, or the reversed batch for ``"flip"``."""
+    if pairing == "random":
+        return torch.randperm(batch_size, generator=generator, device=_rng_device(generator)).cpu()
+    if pairing == "flip":
+        return torch.arange(batch_size - 1, -1, -1)
+    raise ValueError(f"pairing must be one of {PAIRINGS}, got {pairing!r}")
+
+
+def check_lam(lam: float | Tensor | None, batch_size: int, mode: str) -> Tensor | None:
+    """Validate an explicit lambda; return it as a (B,) float64 CPU tensor (or ``None`` when not given)."""
+    if lam is None:
+        return None
+    if isinstance(lam, bool):
+        raise TypeError("lam must be a number or a tensor, got bool")
+    if isinstance(lam, (int, float)):
+        values = torch.tensor([float(lam)], dtype=torch.float64)
+    elif isinstance(lam, Tensor):
+        if lam.is_complex():
+            raise TypeError(f"lam must be real, got {lam.dtype}")
+        values = lam.detach().to("cpu", torch.float64).reshape(-1)
+        if lam.dim() > 1 or values.numel() not in (1, batch_size):
+            raise ValueError(f"lam must be a scalar or a ({batch_size},) tensor, got shape {tuple(lam.shape)}")
+        if mode == "batch" and values.numel() > 1 and not bool((values == values[0]).all()):
+            raise ValueError("lam holds different values per sample but mode='batch' takes one lam for the batch")
+    else:
+        raise TypeError(f"lam must be a number, a tensor or None, got {type(lam).__name__}")
+    if bool(torch.isnan(values).any()):
+        raise ValueError("lam must not be NaN")
+    if bool(((values < 0) | (values > 1)).any()):
+        raise ValueError(f"lam must lie in [0, 1], got {values.tolist()[:4]}")
+    return values.expand(batch_size) if values.numel() == 1 else values
+
+
+def boxes_from_ratio(
+    ratio: Tensor, height: int, width: int, generator: torch.Generator | None = None, centers: Tensor | None = None
+) -> Tensor:
+    """(n, 4) boxes whose sides are ``ratio`` times the image sides, clipped to the image.
+
+    As in CutMix: the centre is uniform over the image (or given as (n, 2) ``centers`` = (row, col)), the box
+    extends ``side // 2`` each way from it, then is clipped. Clipping shrinks the box, so callers recompute
+    lambda from the area with :func:`box_lam`.
+    """
+    n = ratio.shape[0]
+    cut_h = (height * ratio).floor().long()  # int(H * ratio), as the reference code truncates
+    cut_w = (width * ratio).floor().long()
+    if centers is None:
+        centers = torch.stack([sample_int(height, n, generator), sample_int(width, n, generator)], dim=1)
+    center_y, center_x = centers[:, 0].long().cpu(), centers[:, 1].long().cpu()
+    top = (center_y - cut_h // 2).clamp(0, height)
+    bottom = (center_y + cut_h // 2).clamp(0, height)
+    left = (center_x - cut_w // 2).clamp(0, width)
+    right = (center_x + cut_w // 2).clamp(0, width)
+    return torch.stack([top, bottom, left, right], dim=1)
+
+
+def boxes_from_lam(lam: Tensor, height: int, width: int, generator: torch.Generator | None = None) -> Tensor:
+    """CutMix boxes: sides sqrt(1 - lam) of the image (so the area is 1 - lam before clipping)."""
+    return boxes_from_ratio((1.0 - lam.double()).clamp(min=0).sqrt(), height, width, generator)
+
+
+def boxes_from_minmax(
+    minmax: tuple[float, float], n: int, height: int, width: int, generator: torch.Generator | None = None
+) -> Tensor:
+    """(n, 4) boxes with sides drawn uniformly in [min, max) of the image sides, placed fully inside the image."""
+    low, high = minmax
+    cut_h = int(height * low) + sample_int(max(int(height * high) - int(height * low), 1), n, generator)
+    cut_w = int(width * low) + sample_int(max(int(width * high) - int(width * low), 1), n, generator)
+    top = sample_int(height - cut_h + 1, n, generator)
+    left = sample_int(width - cut_w + 1, n, generator)
+    return torch.stack([top, top + cut_h, left, left + cut_w], dim=1)
+
+
+def box_lam(boxes: Tensor, height: int, width: int) -> Tensor:
+    """(n,) float64 share of the image outside each box: the lambda of sample i after pasting."""
+    area = (boxes[:, 1] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 2]).clamp(min=0)
+    return 1.0 - area.double() / (height * width)
+
+
+def box_keep_mask(boxes: Tensor, height: int, width: int, device: torch.device | str = "cpu") -> Tensor:
+    """(n, 1, H, W) bool mask, True outside the box (where sample i keeps its own pixel)."""
+    boxes = boxes.to(device)
+    rows = torch.arange(height, device=device).view(1, height, 1)
+    cols = torch.arange(width, device=device).view(1, 1, width)
+    top, bottom, left, right = (boxes[:, k].view(-1, 1, 1) for k in range(4))
+    inside = (rows >= top) & (rows < bottom) & (cols >= left) & (cols < right)  # (n, H, W)
+    return (~inside).unsqueeze(1)
+
+
+def gather_partners(x: Tensor, index: Tensor) -> Tensor:
+    """``x[index]`` in a new tensor with the memory format of ``x``."""
+    partners = torch.empty_like(x)
+    torch.index_select(x, 0, index, out=partners)
+    return partners
+
+
+def paste_boxes(x: Tensor, index: Tensor, boxes: Tensor, inplace: bool = False) -> tuple[Tensor, Tensor]:
+    """Sample i keeps its pixels outside ``boxes[i]`` and takes ``x[index[i]]`` inside (same location).
+
+    One box (batch mode) is a slice assignment that touches only the box; per-sample boxes (elem mode) are one
+    vectorised blend with the (B, 1, H, W) mask. Returns (mixed batch, float32 keep mask).
+    """
+    height, width = x.shape[-2:]
+    mask = box_keep_mask(boxes, height, width, x.device).float()
+    if boxes.shape[0] > 1:
+        return blend(x, index, mask, inplace), mask
+    top, bottom, left, right = boxes[0].tolist()
+    out = x if inplace else x.clone()
+    if bottom > top and right > left:
+        out[:, :, top:bottom, left:right] = x[index, :, top:bottom, left:right]
+    return out, mask
+
+
+def blend(x: Tensor, index: Tensor, weight: Tensor | float, inplace: bool = False) -> Tensor:
+    """``weight * x + (1 - weight) * x[index]``; ``weight`` is a number or a tensor broadcastable to ``x``."""
+    partners = gather_partners(x, index)
+    if isinstance(weight, Tensor):
+        weight = weight.to(device=x.device, dtype=x.dtype)
+    # lerp(start, end, w) = start + w * (end - start): exact at w = 0 and w = 1.
+    return torch.lerp(partners, x, weight, out=x if inplace else partners)
+
+
+def lam_to_weight(lam: Tensor, mode: str, x: Tensor) -> Tensor | float:
+    """The blend weight of sample i itself: a Python float in batch mode, a (B, 1, 1, 1) tensor in elem mode."""
+    if mode == "batch":
+        return float(lam[0])
+    return lam.to(device=x.device, dtype=x.dtype).view(-1, *([1] * (x.dim() - 1)))

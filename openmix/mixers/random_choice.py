@@ -1,0 +1,110 @@
+"""RandomChoiceMixer: one of several mixers per batch, chosen at random, or no mixing at all.
+
+The DeiT recipe (Touvron et al., "Training data-efficient image transformers & distillation through attention",
+ICML 2021) switches between mixup (alpha 0.8) and CutMix (alpha 1.0) with probability 0.5 per batch; that is the
+registered default. Composition is kept out of the mixers themselves: each child is a complete mixer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from openmix.mixers._base import MODES, MixOutput, check_batch, check_choice
+from openmix.mixers._registry import create_mixer, register_mixer
+from openmix.mixers.functional import PAIRINGS, check_lam
+
+
+def _build_child(spec: str | Mapping[str, Any] | nn.Module, shared: dict[str, Any]) -> nn.Module:
+    """A child mixer from a name, a mapping ``{"name": ..., **kwargs}`` or a built module."""
+    if isinstance(spec, nn.Module):
+        return spec
+    if isinstance(spec, str):
+        return create_mixer(spec, **shared)
+    if isinstance(spec, Mapping):
+        if "name" not in spec:
+            raise ValueError(f"a mixer given as a mapping needs a 'name' key, got keys {sorted(spec)}")
+        kwargs = {key: value for key, value in spec.items() if key != "name"}
+        return create_mixer(spec["name"], **{**shared, **kwargs})
+    raise TypeError(f"mixers must hold names, mappings or nn.Modules, got {type(spec).__name__}")
+
+
+@register_mixer(
+    "randomchoice",
+    paper="Training data-efficient image transformers & distillation through attention (Touvron et al., ICML 2021)",
+    url="https://arxiv.org/abs/2012.12877",
+    defaults={"mixers": ({"name": "mixup", "alpha": 0.8}, {"name": "cutmix", "alpha": 1.0}), "probs": (0.5, 0.5)},
+)
+class RandomChoiceMixer(nn.Module):
+    """Apply one of ``mixers`` per call, with probabilities ``probs``, or no mixing with ``no_mix_prob``.
+
+    Args:
+        mixers: children, each a registered name, a mapping ``{"name": ..., **kwargs}`` or a built mixer.
+        probs: relative probabilities of the children (normalised); uniform when ``None``.
+        no_mix_prob: probability that a call returns the batch unmixed (lam = 1, each sample its own partner).
+        mode, pairing, inplace: passed to children built from names or mappings.
+    """
+
+    registry_name = "randomchoice"
+
+    def __init__(
+        self,
+        mixers: Sequence[str | Mapping[str, Any] | nn.Module] = ("mixup", "cutmix"),
+        probs: Sequence[float] | None = None,
+        no_mix_prob: float = 0.0,
+        mode: str = "batch",
+        pairing: str = "random",
+        inplace: bool = False,
+    ):
+        super().__init__()
+        if isinstance(mixers, (str, Mapping, nn.Module)) or len(mixers) == 0:
+            raise ValueError("mixers must be a non-empty sequence of mixers")
+        shared = {
+            "mode": check_choice(mode, MODES, "mode"),
+            "pairing": check_choice(pairing, PAIRINGS, "pairing"),
+            "inplace": inplace,
+        }
+        self.mixers = nn.ModuleList(_build_child(spec, shared) for spec in mixers)
+        weights = [1.0] * len(self.mixers) if probs is None else [float(p) for p in probs]
+        if len(weights) != len(self.mixers):
+            raise ValueError(f"probs has {len(weights)} entries for {len(self.mixers)} mixers")
+        if any(not math.isfinite(w) or w < 0 for w in weights) or sum(weights) <= 0:
+            raise ValueError(f"probs must be finite, >= 0 and not all 0, got {list(weights)}")
+        if isinstance(no_mix_prob, bool) or not 0.0 <= float(no_mix_prob) <= 1.0:
+            raise ValueError(f"no_mix_prob must lie in [0, 1], got {no_mix_prob!r}")
+        self.probs = [w / sum(weights) for w in weights]
+        self.no_mix_prob = float(no_mix_prob)
+        self.requires = tuple(sorted({need for child in self.mixers for need in getattr(child, "requires", ())}))
+
+    def extra_repr(self) -> str:
+        return f"probs={[round(p, 4) for p in self.probs]}, no_mix_prob={self.no_mix_prob}"
+
+    def forward(
+        self,
+        x: Tensor,
+        y: Tensor,
+        generator: torch.Generator | None = None,
+        lam: float | Tensor | None = None,
+        **context: Any,
+    ) -> MixOutput:
+        check_batch(x, y)
+        unknown = sorted(set(context) - set(self.requires))
+        if unknown:
+            raise ValueError(f"RandomChoiceMixer got unexpected call arguments {unknown}; it takes {self.requires}")
+        device = generator.device if generator is not None else torch.device("cpu")
+        draw = float(torch.rand((), generator=generator, device=device))  # one uniform draw decides the branch
+        if draw < self.no_mix_prob:
+            check_lam(lam, x.shape[0], "elem")
+            batch_size = x.shape[0]
+            index = torch.arange(batch_size, device=x.device)
+            return MixOutput(x, index, torch.ones(batch_size, device=x.device), y, y, None)
+        position = (draw - self.no_mix_prob) / max(1.0 - self.no_mix_prob, 1e-12)  # uniform in [0, 1) again
+        cumulative = torch.tensor(self.probs, dtype=torch.float64).cumsum(0)
+        choice = min(int((cumulative <= position).sum()), len(self.mixers) - 1)
+        child = self.mixers[choice]
+        needs = getattr(child, "requires", ())
+        return child(x, y, generator=generator, lam=lam, **{k: v for k, v in context.items() if k in needs})

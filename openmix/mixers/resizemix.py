@@ -1,0 +1,115 @@
+"""ResizeMix: paste the whole partner image, shrunk, into a box of sample i.
+
+Qin et al., "ResizeMix: Mixing Data with Preserved Object Information and True Labels", 2020.
+https://arxiv.org/abs/2012.11101
+
+The box side is tau times the image side, tau ~ U(scope) with scope (0.1, 0.8); its centre is uniform and it is
+clipped to the image; the partner is resized (nearest neighbour by default) to the clipped box, and
+lam = 1 - (box area) / (H * W). An explicit ``lam`` sets tau = sqrt(1 - lam).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from openmix.mixers import functional as F_mix
+from openmix.mixers._base import Mixer
+from openmix.mixers._registry import register_mixer
+
+
+def resized_partners(x: Tensor, index: Tensor, boxes: Tensor) -> Tensor:
+    """(B, C, H, W): inside box i, ``x[index[i]]`` resized (nearest) to the box; outside, undefined content.
+
+    Output pixel (r, c) of box [top, bottom, left, right] reads source row floor((r - top) * H / h) and column
+    floor((c - left) * W / w), with h, w the box sides: the same rule as ``F.interpolate(mode="nearest")``.
+    All boxes are handled by one gather, vectorised over the batch.
+    """
+    _, channels, height, width = x.shape
+    device = x.device
+    top, bottom, left, right = (boxes[:, k].to(device).view(-1, 1) for k in range(4))
+    box_h = (bottom - top).clamp(min=1)
+    box_w = (right - left).clamp(min=1)
+    rows = torch.arange(height, device=device).view(1, -1)
+    cols = torch.arange(width, device=device).view(1, -1)
+    src_rows = (((rows - top) * height) // box_h).clamp(0, height - 1)  # (B, H)
+    src_cols = (((cols - left) * width) // box_w).clamp(0, width - 1)  # (B, W)
+    sample = index.to(device).view(-1, 1, 1, 1)
+    channel = torch.arange(channels, device=device).view(1, -1, 1, 1)
+    return x[sample, channel, src_rows[:, None, :, None], src_cols[:, None, None, :]]
+
+
+@register_mixer(
+    "resizemix",
+    paper="ResizeMix: Mixing Data with Preserved Object Information and True Labels (Qin et al., 2020)",
+    url="https://arxiv.org/abs/2012.11101",
+    defaults={"scope": (0.1, 0.8)},
+)
+class ResizeMix(Mixer):
+    """ResizeMix.
+
+    Args:
+        scope: (min, max) of the box side as a fraction of the image side.
+        use_alpha: draw tau from Beta(alpha, alpha) (redrawn uniformly in ``scope`` when it falls outside) instead
+            of U(scope), as some of OpenMixup's configs do.
+        alpha: Beta concentration, used only with ``use_alpha``.
+        interpolation: ``"nearest"`` (paper and OpenMixup default, vectorised in elem mode) or ``"bilinear"``
+            (batch mode only).
+        mode: ``"batch"`` (one box) or ``"elem"`` (one per sample).
+        pairing: ``"random"`` or ``"flip"``.
+        inplace: write into the input tensor; in batch mode only the box is written.
+    """
+
+    def __init__(
+        self,
+        scope: tuple[float, float] = (0.1, 0.8),
+        use_alpha: bool = False,
+        alpha: float = 1.0,
+        interpolation: str = "nearest",
+        mode: str = "batch",
+        pairing: str = "random",
+        inplace: bool = False,
+    ):
+        super().__init__(alpha, mode, pairing, inplace)
+        if len(scope) != 2 or not 0.0 < float(scope[0]) <= float(scope[1]) <= 1.0:
+            raise ValueError(f"scope must be (min, max) with 0 < min <= max <= 1, got {scope!r}")
+        if interpolation not in ("nearest", "bilinear"):
+            raise ValueError(f"interpolation must be 'nearest' or 'bilinear', got {interpolation!r}")
+        if interpolation == "bilinear" and mode == "elem":
+            raise ValueError("interpolation='bilinear' is only available with mode='batch'")
+        self.scope = (float(scope[0]), float(scope[1]))
+        self.use_alpha = bool(use_alpha)
+        self.interpolation = interpolation
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", scope={self.scope}, interpolation={self.interpolation!r}"
+
+    def draw_scale(self, num: int, generator: torch.Generator | None) -> Tensor:
+        """(num,) float64 box-side ratios tau."""
+        low, high = self.scope
+        uniform = F_mix.sample_uniform(low, high, num, generator)
+        if not self.use_alpha:
+            return uniform
+        tau = F_mix.sample_beta(self.alpha, num, generator)
+        return torch.where((tau < low) | (tau > high), uniform, tau)
+
+    def mix(
+        self, x: Tensor, index: Tensor, lam: Tensor | None, generator: torch.Generator | None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        batch_size, _, height, width = x.shape
+        num_boxes = 1 if self.mode == "batch" else batch_size
+        tau = self.draw_scale(num_boxes, generator) if lam is None else (1.0 - lam[:num_boxes]).clamp(min=0).sqrt()
+        boxes = F_mix.boxes_from_ratio(tau, height, width, generator)
+        mask = F_mix.box_keep_mask(boxes, height, width, x.device).float()
+        if num_boxes > 1:
+            partners = resized_partners(x, index, boxes)
+            mixed = torch.lerp(partners, x, mask.to(x.dtype), out=x if self.inplace else partners)
+        else:
+            top, bottom, left, right = boxes[0].tolist()
+            mixed = x if self.inplace else x.clone()
+            if bottom > top and right > left:
+                # resizing then permuting equals permuting then resizing, and reads only the pixels it keeps
+                patch = F.interpolate(x, size=(bottom - top, right - left), mode=self.interpolation)
+                mixed[:, :, top:bottom, left:right] = patch.index_select(0, index)
+        return mixed, F_mix.box_lam(boxes, height, width).expand(batch_size), mask

@@ -1,0 +1,182 @@
+"""SaliencyMix: a CutMix box centred on the most salient pixel of the source (partner) image.
+
+Uddin et al., "SaliencyMix: A Saliency Guided Data Augmentation Strategy for Better Regularization", ICLR 2021.
+https://arxiv.org/abs/2006.01791
+
+The paper uses OpenCV's fine-grained static saliency (Montabone & Soto, 2010): centre-surround differences of the
+grey-level image at six scales, on- and off-centre maps summed over scales, each normalised by its maximum, then
+added. :func:`fine_grained_saliency` computes the same quantities in torch, vectorised over the batch, with box
+sums from an integral image. As in the authors' code, a batch-mode call computes the saliency of one source image
+(the partner of sample 0) and pastes one box for the whole batch; elem mode centres a box on each partner's peak.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from openmix.mixers import functional as F_mix
+from openmix.mixers._base import Mixer
+from openmix.mixers._registry import register_mixer
+
+# Half-widths (in pixels) of the surround windows of OpenCV's StaticSaliencyFineGrained.
+SURROUND_SIZES = (12, 24, 48, 28, 56, 112)
+BACKENDS = ("torch", "opencv")
+
+
+def _grey(images: Tensor) -> Tensor:
+    """(n, 1, H, W) float32 luminance of RGB images (ITU-R BT.601 weights), channel mean otherwise."""
+    images = images.float()
+    if images.shape[1] == 3:
+        weights = torch.tensor([0.299, 0.587, 0.114], device=images.device).view(1, 3, 1, 1)
+        return (images * weights).sum(dim=1, keepdim=True)
+    return images.mean(dim=1, keepdim=True)
+
+
+def _box_sums(integral: Tensor, size: int, half: int) -> tuple[Tensor, Tensor]:
+    """Index vectors (lo, hi) into an integral image of length size+1 for windows [p-half+1, p+half], clipped."""
+    position = torch.arange(size, device=integral.device)
+    return (position - half + 1).clamp(0, size), (position + half + 1).clamp(0, size)
+
+
+def fine_grained_saliency(images: Tensor, scale: float = 1.0) -> Tensor:
+    """(n, H, W) fine-grained static saliency of (n, C, H, W) images, in [0, 1].
+
+    Steps (OpenCV's StaticSaliencyFineGrained): grey level g smoothed twice by a 3x3 binomial filter; for each
+    surround half-width s, the surround mean m_s is the mean of the window [p - s + 1, p + s] (clipped) without the
+    pixel itself; on_s = max(g - m_s, 0), off_s = max(m_s - g, 0); On = sum_s on_s, Off = sum_s off_s;
+    saliency = On / max(On) + Off / max(Off), normalised to [0, 1].
+
+    Args:
+        images: (n, C, H, W) images.
+        scale: factor applied to the surround sizes; callers that compute saliency on a downsampled image pass the
+            downsampling ratio so the windows cover the same part of the scene.
+    """
+    grey = _grey(images)
+    binomial = torch.tensor([0.25, 0.5, 0.25], device=grey.device)
+    for _ in range(2):  # OpenCV blurs twice with a 3x3 Gaussian (sigma 0 -> binomial weights), reflect-101 border
+        grey = F.conv2d(F.pad(grey, (1, 1, 0, 0), mode="reflect"), binomial.view(1, 1, 1, 3))
+        grey = F.conv2d(F.pad(grey, (0, 0, 1, 1), mode="reflect"), binomial.view(1, 1, 3, 1))
+    grey = grey[:, 0]  # (n, H, W)
+    height, width = grey.shape[-2:]
+    centred = grey - grey.mean(dim=(1, 2), keepdim=True)  # keeps the integral image small (float32 precision)
+    integral = F.pad(centred.cumsum(1).cumsum(2), (1, 0, 1, 0))  # (n, H+1, W+1), integral[:, r, c] = sum above-left
+    on_sum = torch.zeros_like(centred)
+    off_sum = torch.zeros_like(centred)
+    for size in SURROUND_SIZES:
+        half = max(1, round(size * scale))
+        row_lo, row_hi = _box_sums(integral, height, half)
+        col_lo, col_hi = _box_sums(integral, width, half)
+        box = (
+            integral[:, row_hi][:, :, col_hi]
+            - integral[:, row_lo][:, :, col_hi]
+            - integral[:, row_hi][:, :, col_lo]
+            + integral[:, row_lo][:, :, col_lo]
+        )
+        area = (row_hi - row_lo).view(-1, 1) * (col_hi - col_lo).view(1, -1)
+        surround = (box - centred) / (area - 1).clamp(min=1)  # the window without the centre pixel
+        on_sum += (centred - surround).clamp(min=0)
+        off_sum += (surround - centred).clamp(min=0)
+    tiny = torch.finfo(on_sum.dtype).tiny
+    saliency = on_sum / on_sum.amax(dim=(1, 2), keepdim=True).clamp(min=tiny)
+    saliency = saliency + off_sum / off_sum.amax(dim=(1, 2), keepdim=True).clamp(min=tiny)
+    return saliency / saliency.amax(dim=(1, 2), keepdim=True).clamp(min=tiny)
+
+
+def opencv_saliency(images: Tensor) -> Tensor:
+    """(n, H, W) saliency from OpenCV's ``StaticSaliencyFineGrained`` (needs opencv-contrib), one image at a time.
+
+    Each image is min-max scaled to uint8 (the detector reads 8-bit images) and, when it has 3 channels, passed
+    as BGR (the tensors are RGB).
+    """
+    try:
+        import cv2
+    except ImportError as error:  # optional dependency
+        raise ImportError("backend='opencv' needs opencv-contrib-python-headless") from error
+    if not hasattr(cv2, "saliency"):
+        raise ImportError("backend='opencv' needs the contrib build: pip install opencv-contrib-python-headless")
+    detector = cv2.saliency.StaticSaliencyFineGrained_create()
+    maps = []
+    for image in images.detach().float().cpu():
+        low, high = image.min(), image.max()
+        scaled = ((image - low) / (high - low).clamp(min=1e-12) * 255).round().to(torch.uint8)
+        array = scaled.permute(1, 2, 0).numpy()
+        array = array[..., ::-1].copy() if array.shape[2] == 3 else array[..., 0].copy()
+        ok, saliency = detector.computeSaliency(array)
+        if not ok:
+            raise RuntimeError("OpenCV's saliency detector failed")
+        maps.append(torch.from_numpy(saliency.astype("float32")))
+    return torch.stack(maps).to(images.device)
+
+
+def saliency_peaks(images: Tensor, backend: str = "torch", max_size: int = 64) -> Tensor:
+    """(n, 2) int64 (row, col) of each image's most salient pixel (the first one in raster order on ties).
+
+    The torch backend computes saliency on the image average-pooled by an integer factor so its longer side is at
+    most ``max_size`` (surround sizes scaled alike) and maps the peak back to the centre of its pooled cell.
+    """
+    if backend == "opencv":
+        saliency = opencv_saliency(images)
+        factor = 1
+    else:
+        factor = max(1, -(-max(images.shape[-2:]) // max_size))  # ceil division
+        pooled = F.avg_pool2d(images.float(), factor, ceil_mode=True) if factor > 1 else images
+        saliency = fine_grained_saliency(pooled, scale=1.0 / factor)
+    width = saliency.shape[-1]
+    flat_peak = saliency.flatten(1).argmax(dim=1)
+    peaks = torch.stack([flat_peak // width, flat_peak % width], dim=1) * factor + factor // 2
+    return torch.minimum(peaks, torch.tensor(images.shape[-2:], device=peaks.device) - 1)
+
+
+@register_mixer(
+    "saliencymix",
+    paper="SaliencyMix: A Saliency Guided Data Augmentation Strategy for Better Regularization "
+    "(Uddin et al., ICLR 2021)",
+    url="https://arxiv.org/abs/2006.01791",
+    defaults={"alpha": 1.0},
+)
+class SaliencyMix(Mixer):
+    """SaliencyMix.
+
+    Args:
+        alpha: Beta concentration of lambda (the paper's beta = 1).
+        backend: ``"torch"`` (vectorised, any device) or ``"opencv"`` (the paper's detector, per image on the CPU).
+        max_saliency_size: longest side of the image the torch backend computes saliency on.
+        mode: ``"batch"`` (one box from the partner of sample 0, as the authors' code) or ``"elem"``.
+        pairing: ``"random"`` or ``"flip"``.
+        inplace: write into the input tensor.
+    """
+
+    def __init__(
+        self,
+        alpha: float = 1.0,
+        backend: str = "torch",
+        max_saliency_size: int = 64,
+        mode: str = "batch",
+        pairing: str = "random",
+        inplace: bool = False,
+    ):
+        super().__init__(alpha, mode, pairing, inplace)
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if isinstance(max_saliency_size, bool) or not isinstance(max_saliency_size, int) or max_saliency_size < 8:
+            raise ValueError(f"max_saliency_size must be an int >= 8, got {max_saliency_size!r}")
+        self.backend = backend
+        self.max_saliency_size = max_saliency_size
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", backend={self.backend!r}"
+
+    def mix(
+        self, x: Tensor, index: Tensor, lam: Tensor | None, generator: torch.Generator | None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        batch_size, _, height, width = x.shape
+        lam = self.draw_lam(lam, batch_size, generator)
+        sources = index[:1] if self.mode == "batch" else index
+        with torch.no_grad():
+            peaks = saliency_peaks(x.detach().index_select(0, sources), self.backend, self.max_saliency_size)
+        ratio = (1.0 - lam[: sources.numel()]).clamp(min=0).sqrt()
+        boxes = F_mix.boxes_from_ratio(ratio, height, width, centers=peaks.cpu())
+        mixed, mask = F_mix.paste_boxes(x, index, boxes, self.inplace)
+        return mixed, F_mix.box_lam(boxes, height, width).expand(batch_size), mask
