@@ -89,6 +89,17 @@ def check_batch(x: Any, y: Any) -> None:
         raise ValueError(f"y must have shape (B,) or (B, K), got {tuple(y.shape)}")
 
 
+def check_call(mixer: nn.Module, x: Any, y: Any, generator: Any, context: dict[str, Any]) -> None:
+    """Validate a mixer call: the batch, the generator and the call-time inputs the mixer ``requires``."""
+    check_batch(x, y)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    requires = getattr(mixer, "requires", ())
+    unknown = sorted(set(context) - set(requires))
+    if unknown:
+        raise ValueError(f"{type(mixer).__name__} got unexpected call arguments {unknown}; it takes {requires}")
+
+
 class Mixer(nn.Module, abc.ABC):
     """Base class of every pixel-space mixer.
 
@@ -100,10 +111,13 @@ class Mixer(nn.Module, abc.ABC):
             reversed batch (sample i with sample B-1-i).
         inplace: write the mixed pixels into the input tensor instead of a new one.
 
-    Subclasses set ``requires`` to the names of the call-time inputs they need from a trainer (e.g. ``("model",)``).
+    Subclasses set ``requires`` to the names of the call-time inputs they need from a trainer (e.g. ``("model",)``),
+    and ``shares_batch_mask = False`` when even batch mode gives each sample its own mask (AttentiveMix, whose cells
+    come from each partner's attention).
     """
 
     requires: tuple[str, ...] = ()
+    shares_batch_mask: bool = True
     registry_name: str = ""
 
     def __init__(self, alpha: float = 1.0, mode: str = "batch", pairing: str = "random", inplace: bool = False):
@@ -136,12 +150,7 @@ class Mixer(nn.Module, abc.ABC):
                 region is clipped to the image report the lambda they actually applied.
             **context: what a mixer that needs a network takes at call time (see ``requires``).
         """
-        check_batch(x, y)
-        unknown = sorted(set(context) - set(self.requires))
-        if unknown:
-            raise ValueError(f"{type(self).__name__} got unexpected call arguments {unknown}; it takes {self.requires}")
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        check_call(self, x, y, generator, context)
         batch_size = x.shape[0]
         lam_in = F_mix.check_lam(lam, batch_size, self.mode)
         index = F_mix.partner_index(batch_size, self.pairing, generator).to(x.device)

@@ -72,6 +72,8 @@ class AttentiveMix(Mixer):
             partner's attention); ``mode`` decides whether the cell count is drawn once or per sample.
     """
 
+    shares_batch_mask = False
+
     def __init__(
         self,
         extractor: str | nn.Module | None = None,

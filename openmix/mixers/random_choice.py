@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from openmix.mixers._base import MODES, MixOutput, check_batch, check_choice
+from openmix.mixers._base import MODES, MixOutput, check_call, check_choice
 from openmix.mixers._registry import create_mixer, register_mixer
 from openmix.mixers.functional import PAIRINGS, check_lam
 
@@ -78,6 +78,7 @@ class RandomChoiceMixer(nn.Module):
             raise ValueError(f"no_mix_prob must lie in [0, 1], got {no_mix_prob!r}")
         self.probs = [w / sum(weights) for w in weights]
         self.no_mix_prob = float(no_mix_prob)
+        self.shares_batch_mask = all(getattr(child, "shares_batch_mask", True) for child in self.mixers)
         self.requires = tuple(sorted({need for child in self.mixers for need in getattr(child, "requires", ())}))
 
     def extra_repr(self) -> str:
@@ -91,14 +92,11 @@ class RandomChoiceMixer(nn.Module):
         lam: float | Tensor | None = None,
         **context: Any,
     ) -> MixOutput:
-        check_batch(x, y)
-        unknown = sorted(set(context) - set(self.requires))
-        if unknown:
-            raise ValueError(f"RandomChoiceMixer got unexpected call arguments {unknown}; it takes {self.requires}")
+        check_call(self, x, y, generator, context)
+        check_lam(lam, x.shape[0], "elem")  # before the draw, so bad input fails whichever branch is taken
         device = generator.device if generator is not None else torch.device("cpu")
         draw = float(torch.rand((), generator=generator, device=device))  # one uniform draw decides the branch
         if draw < self.no_mix_prob:
-            check_lam(lam, x.shape[0], "elem")
             batch_size = x.shape[0]
             index = torch.arange(batch_size, device=x.device)
             return MixOutput(x, index, torch.ones(batch_size, device=x.device), y, y, None)

@@ -26,7 +26,7 @@ def resized_partners(x: Tensor, index: Tensor, boxes: Tensor) -> Tensor:
     floor((c - left) * W / w), with h, w the box sides: the same rule as ``F.interpolate(mode="nearest")``.
     All boxes are handled by one gather, vectorised over the batch.
     """
-    _, channels, height, width = x.shape
+    height, width = x.shape[-2:]
     device = x.device
     top, bottom, left, right = (boxes[:, k].to(device).view(-1, 1) for k in range(4))
     box_h = (bottom - top).clamp(min=1)
@@ -35,9 +35,11 @@ def resized_partners(x: Tensor, index: Tensor, boxes: Tensor) -> Tensor:
     cols = torch.arange(width, device=device).view(1, -1)
     src_rows = (((rows - top) * height) // box_h).clamp(0, height - 1)  # (B, H)
     src_cols = (((cols - left) * width) // box_w).clamp(0, width - 1)  # (B, W)
-    sample = index.to(device).view(-1, 1, 1, 1)
-    channel = torch.arange(channels, device=device).view(1, -1, 1, 1)
-    return x[sample, channel, src_rows[:, None, :, None], src_cols[:, None, None, :]]
+    sample = index.to(device).view(-1, 1, 1)
+    # gather in (B, H, W, C) order: whole pixels are copied, and a channels_last input stays channels_last
+    pixels = x.permute(0, 2, 3, 1)[sample, src_rows[:, :, None], src_cols[:, None, :]]  # (B, H, W, C)
+    resized = pixels.permute(0, 3, 1, 2)
+    return resized if x.is_contiguous(memory_format=torch.channels_last) else resized.contiguous()
 
 
 @register_mixer(

@@ -34,10 +34,31 @@ def _grey(images: Tensor) -> Tensor:
     return images.mean(dim=1, keepdim=True)
 
 
-def _box_sums(integral: Tensor, size: int, half: int) -> tuple[Tensor, Tensor]:
-    """Index vectors (lo, hi) into an integral image of length size+1 for windows [p-half+1, p+half], clipped."""
-    position = torch.arange(size, device=integral.device)
+def _window_bounds(size: int, half: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Indices (lo, hi) into a zero-padded cumulative sum: window [p - half + 1, p + half] clipped to [0, size)."""
+    position = torch.arange(size, device=device)
     return (position - half + 1).clamp(0, size), (position + half + 1).clamp(0, size)
+
+
+def _window_sums(values: Tensor, half: int) -> Tensor:
+    """(n, H, W) sums of ``values`` over clipped (2 half) x (2 half) windows, from separable cumulative sums."""
+    for dim in (1, 2):
+        size = values.shape[dim]
+        lo, hi = _window_bounds(size, half, values.device)
+        cumulative = torch.cat([torch.zeros_like(values.narrow(dim, 0, 1)), values.cumsum(dim)], dim=dim)
+        values = cumulative.index_select(dim, hi) - cumulative.index_select(dim, lo)
+    return values
+
+
+def _binomial_blur(grey: Tensor) -> Tensor:
+    """3x3 [1/4, 1/2, 1/4] smoothing of (n, H, W) with a mirrored border (OpenCV's reflect-101)."""
+    for dim in (1, 2):
+        size = grey.shape[dim]
+        if size < 2:
+            continue
+        padded = torch.cat([grey.narrow(dim, 1, 1), grey, grey.narrow(dim, size - 2, 1)], dim=dim)
+        grey = 0.25 * padded.narrow(dim, 0, size) + 0.5 * grey + 0.25 * padded.narrow(dim, 2, size)
+    return grey
 
 
 def fine_grained_saliency(images: Tensor, scale: float = 1.0) -> Tensor:
@@ -53,31 +74,19 @@ def fine_grained_saliency(images: Tensor, scale: float = 1.0) -> Tensor:
         scale: factor applied to the surround sizes; callers that compute saliency on a downsampled image pass the
             downsampling ratio so the windows cover the same part of the scene.
     """
-    grey = _grey(images)
-    binomial = torch.tensor([0.25, 0.5, 0.25], device=grey.device)
-    for _ in range(2):  # OpenCV blurs twice with a 3x3 Gaussian (sigma 0 -> binomial weights), reflect-101 border
-        grey = F.conv2d(F.pad(grey, (1, 1, 0, 0), mode="reflect"), binomial.view(1, 1, 1, 3))
-        grey = F.conv2d(F.pad(grey, (0, 0, 1, 1), mode="reflect"), binomial.view(1, 1, 3, 1))
-    grey = grey[:, 0]  # (n, H, W)
+    grey = _binomial_blur(_binomial_blur(_grey(images)[:, 0]))  # OpenCV blurs twice
+    grey = grey - grey.mean(dim=(1, 2), keepdim=True)  # keeps the cumulative sums small (float32 precision)
     height, width = grey.shape[-2:]
-    centred = grey - grey.mean(dim=(1, 2), keepdim=True)  # keeps the integral image small (float32 precision)
-    integral = F.pad(centred.cumsum(1).cumsum(2), (1, 0, 1, 0))  # (n, H+1, W+1), integral[:, r, c] = sum above-left
-    on_sum = torch.zeros_like(centred)
-    off_sum = torch.zeros_like(centred)
+    on_sum = torch.zeros_like(grey)
+    off_sum = torch.zeros_like(grey)
     for size in SURROUND_SIZES:
         half = max(1, round(size * scale))
-        row_lo, row_hi = _box_sums(integral, height, half)
-        col_lo, col_hi = _box_sums(integral, width, half)
-        box = (
-            integral[:, row_hi][:, :, col_hi]
-            - integral[:, row_lo][:, :, col_hi]
-            - integral[:, row_hi][:, :, col_lo]
-            + integral[:, row_lo][:, :, col_lo]
-        )
+        row_lo, row_hi = _window_bounds(height, half, grey.device)
+        col_lo, col_hi = _window_bounds(width, half, grey.device)
         area = (row_hi - row_lo).view(-1, 1) * (col_hi - col_lo).view(1, -1)
-        surround = (box - centred) / (area - 1).clamp(min=1)  # the window without the centre pixel
-        on_sum += (centred - surround).clamp(min=0)
-        off_sum += (surround - centred).clamp(min=0)
+        surround = (_window_sums(grey, half) - grey) / (area - 1).clamp(min=1)  # the window without its centre
+        on_sum += (grey - surround).clamp(min=0)
+        off_sum += (surround - grey).clamp(min=0)
     tiny = torch.finfo(on_sum.dtype).tiny
     saliency = on_sum / on_sum.amax(dim=(1, 2), keepdim=True).clamp(min=tiny)
     saliency = saliency + off_sum / off_sum.amax(dim=(1, 2), keepdim=True).clamp(min=tiny)
