@@ -96,6 +96,24 @@ def test_top_fraction_mask_keeps_the_largest_values():
         assert torch.equal(mask[row], expected)
 
 
+@pytest.mark.parametrize("smooth", [True, False])
+def test_guided_threshold_search_gives_the_exact_mask(smooth):
+    """The guide only speeds the search up: smooth noise (brackets hit) and white noise (brackets may miss and the
+    exact selection takes over) give the same mask as a direct arg-sort."""
+    generator = torch.Generator().manual_seed(4)
+    if smooth:
+        values = low_frequency_noise(12, 96, 96, generator=generator).view(12, -1)
+    else:
+        values = torch.randn(12, 96 * 96, generator=generator)
+    keep = torch.tensor([0, 1, 5, 100, 2000, 4608, 4609, 7000, 9000, 9215, 9216, 3333])
+    guide = values.view(12, 96, 96)[:, ::4, ::4].reshape(12, -1)
+    mask = top_fraction_mask(values, keep, guide=guide)
+    for row, k in enumerate(keep.tolist()):
+        expected = torch.zeros(96 * 96)
+        expected[values[row].argsort(descending=True)[:k]] = 1
+        assert torch.equal(mask[row], expected)
+
+
 def test_fmix_soft_edges_keep_the_mean():
     values = torch.randn(4, 1000, generator=torch.Generator().manual_seed(0))
     keep = torch.tensor([100, 400, 500, 900])

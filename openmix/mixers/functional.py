@@ -127,13 +127,15 @@ def box_lam(boxes: Tensor, height: int, width: int) -> Tensor:
 
 
 def box_keep_mask(boxes: Tensor, height: int, width: int, device: torch.device | str = "cpu") -> Tensor:
-    """(n, 1, H, W) bool mask, True outside the box (where sample i keeps its own pixel)."""
+    """(n, 1, H, W) float32 mask, 0 inside the box and 1 outside (where sample i keeps its own pixel)."""
     boxes = boxes.to(device)
-    rows = torch.arange(height, device=device).view(1, height, 1)
-    cols = torch.arange(width, device=device).view(1, 1, width)
-    top, bottom, left, right = (boxes[:, k].view(-1, 1, 1) for k in range(4))
-    inside = (rows >= top) & (rows < bottom) & (cols >= left) & (cols < right)  # (n, H, W)
-    return (~inside).unsqueeze(1)
+    rows = torch.arange(height, device=device).view(1, -1)
+    cols = torch.arange(width, device=device).view(1, -1)
+    in_rows = ((rows >= boxes[:, 0:1]) & (rows < boxes[:, 1:2])).float()  # (n, H)
+    in_cols = ((cols >= boxes[:, 2:3]) & (cols < boxes[:, 3:4])).float()  # (n, W)
+    # 1 - outer product, written in one pass
+    one = torch.ones((), device=device)
+    return torch.addcmul(one, in_rows[:, None, :, None], in_cols[:, None, None, :], value=-1.0)
 
 
 def gather_partners(x: Tensor, index: Tensor) -> Tensor:
@@ -150,7 +152,7 @@ def paste_boxes(x: Tensor, index: Tensor, boxes: Tensor, inplace: bool = False) 
     vectorised blend with the (B, 1, H, W) mask. Returns (mixed batch, float32 keep mask).
     """
     height, width = x.shape[-2:]
-    mask = box_keep_mask(boxes, height, width, x.device).float()
+    mask = box_keep_mask(boxes, height, width, x.device)
     if boxes.shape[0] > 1:
         return blend(x, index, mask, inplace), mask
     top, bottom, left, right = boxes[0].tolist()

@@ -18,6 +18,9 @@ from openmix.mixers._base import MODES, MixOutput, check_call, check_choice
 from openmix.mixers._registry import create_mixer, register_mixer
 from openmix.mixers.functional import PAIRINGS, check_lam
 
+# DeiT's switch: mixup with alpha 0.8 or CutMix with alpha 1.0, each with probability 0.5
+DEIT_MIXERS = ({"name": "mixup", "alpha": 0.8}, {"name": "cutmix", "alpha": 1.0})
+
 
 def _build_child(spec: str | Mapping[str, Any] | nn.Module, shared: dict[str, Any]) -> nn.Module:
     """A child mixer from a name, a mapping ``{"name": ..., **kwargs}`` or a built module."""
@@ -37,7 +40,7 @@ def _build_child(spec: str | Mapping[str, Any] | nn.Module, shared: dict[str, An
     "randomchoice",
     paper="Training data-efficient image transformers & distillation through attention (Touvron et al., ICML 2021)",
     url="https://arxiv.org/abs/2012.12877",
-    defaults={"mixers": ({"name": "mixup", "alpha": 0.8}, {"name": "cutmix", "alpha": 1.0}), "probs": (0.5, 0.5)},
+    defaults={"mixers": DEIT_MIXERS, "probs": (0.5, 0.5)},
 )
 class RandomChoiceMixer(nn.Module):
     """Apply one of ``mixers`` per call, with probabilities ``probs``, or no mixing with ``no_mix_prob``.
@@ -53,7 +56,7 @@ class RandomChoiceMixer(nn.Module):
 
     def __init__(
         self,
-        mixers: Sequence[str | Mapping[str, Any] | nn.Module] = ("mixup", "cutmix"),
+        mixers: Sequence[str | Mapping[str, Any] | nn.Module] = DEIT_MIXERS,
         probs: Sequence[float] | None = None,
         no_mix_prob: float = 0.0,
         mode: str = "batch",

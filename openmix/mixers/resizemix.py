@@ -20,26 +20,36 @@ from openmix.mixers._registry import register_mixer
 
 
 def resized_partners(x: Tensor, index: Tensor, boxes: Tensor) -> Tensor:
-    """(B, C, H, W): inside box i, ``x[index[i]]`` resized (nearest) to the box; outside, undefined content.
+    """(B, C, H, W): inside box i, ``x[index[i]]`` resized (nearest) to the box; outside, other pixels of it.
 
     Output pixel (r, c) of box [top, bottom, left, right] reads source row floor((r - top) * H / h) and column
     floor((c - left) * W / w), with h, w the box sides: the same rule as ``F.interpolate(mode="nearest")``.
-    All boxes are handled by one gather, vectorised over the batch.
+    Vectorised over the batch and separable: one gather of whole rows, then one gather of columns.
     """
-    height, width = x.shape[-2:]
+    batch_size, channels, height, width = x.shape
     device = x.device
     top, bottom, left, right = (boxes[:, k].to(device).view(-1, 1) for k in range(4))
-    box_h = (bottom - top).clamp(min=1)
-    box_w = (right - left).clamp(min=1)
     rows = torch.arange(height, device=device).view(1, -1)
     cols = torch.arange(width, device=device).view(1, -1)
-    src_rows = (((rows - top) * height) // box_h).clamp(0, height - 1)  # (B, H)
-    src_cols = (((cols - left) * width) // box_w).clamp(0, width - 1)  # (B, W)
-    sample = index.to(device).view(-1, 1, 1)
-    # gather in (B, H, W, C) order: whole pixels are copied, and a channels_last input stays channels_last
-    pixels = x.permute(0, 2, 3, 1)[sample, src_rows[:, :, None], src_cols[:, None, :]]  # (B, H, W, C)
-    resized = pixels.permute(0, 3, 1, 2)
-    return resized if x.is_contiguous(memory_format=torch.channels_last) else resized.contiguous()
+    src_rows = (((rows - top) * height) // (bottom - top).clamp(min=1)).clamp(0, height - 1)  # (B, H)
+    src_cols = (((cols - left) * width) // (right - left).clamp(min=1)).clamp(0, width - 1)  # (B, W)
+    partner = index.to(device).view(-1, 1)
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        # rows of W * C values in (B, H, W, C) memory; columns are whole pixels
+        row_ids = (partner * height + src_rows).flatten()
+        picked = x.permute(0, 2, 3, 1).reshape(batch_size * height, width * channels).index_select(0, row_ids)
+        picked = picked.view(batch_size, height, width, channels)
+        index_cols = src_cols.view(batch_size, 1, width, 1).expand(batch_size, height, width, channels)
+        return picked.gather(2, index_cols).permute(0, 3, 1, 2)
+    # rows of W values in (B, C, H, W) memory
+    row_ids = (
+        (partner.view(-1, 1, 1) * channels + torch.arange(channels, device=device).view(1, -1, 1)) * height
+        + src_rows.view(batch_size, 1, height)
+    ).flatten()
+    picked = x.reshape(batch_size * channels * height, width).index_select(0, row_ids)
+    picked = picked.view(batch_size, channels * height, width)
+    index_cols = src_cols.view(batch_size, 1, width).expand(batch_size, channels * height, width)
+    return picked.gather(2, index_cols).view(batch_size, channels, height, width)
 
 
 @register_mixer(
@@ -103,7 +113,7 @@ class ResizeMix(Mixer):
         num_boxes = 1 if self.mode == "batch" else batch_size
         tau = self.draw_scale(num_boxes, generator) if lam is None else (1.0 - lam[:num_boxes]).clamp(min=0).sqrt()
         boxes = F_mix.boxes_from_ratio(tau, height, width, generator)
-        mask = F_mix.box_keep_mask(boxes, height, width, x.device).float()
+        mask = F_mix.box_keep_mask(boxes, height, width, x.device)
         if num_boxes > 1:
             partners = resized_partners(x, index, boxes)
             mixed = torch.lerp(partners, x, mask.to(x.dtype), out=x if self.inplace else partners)
