@@ -63,23 +63,24 @@ def _padded_kth_threshold(values: Tensor, keep: Tensor) -> Tensor:
 def _bracketed_threshold(values: Tensor, keep: Tensor, guide: Tensor, margin: float = 0.01) -> Tensor | None:
     """The same threshold as :func:`_padded_kth_threshold`, found faster with a coarse ``guide`` of each row.
 
-    The guide (a subsample of the row) brackets the threshold between two of its values, ``margin`` of its length
-    either side of the expected rank. Pixels above the upper bracket are kept for sure; the threshold is then
-    the r-th largest of the few pixels inside the bracket, found by one ``topk`` over all rows. Returns ``None``
-    when a bracket misses (the caller falls back to the exact padded selection).
+    The guide (a subsample of the row) gives a value ``upper`` expected just above the threshold (``margin`` of
+    its length above the expected rank). Pixels above ``upper`` are kept for sure; the threshold is the r-th
+    largest of the rest, r = keep - (number above), found by one ``topk`` over all rows with the pixels above
+    ``upper`` masked out. Returns ``None`` when ``upper`` misses (r < 1) or lies too far above (r > 2 margin N);
+    the caller then falls back to the exact padded selection.
     """
     size, guide_size = values.shape[1], guide.shape[1]
     ordered = guide.sort(dim=1, descending=True).values
     expected = keep.double() * guide_size / size  # the threshold's rank in the guide
     spread = int(margin * guide_size) + 2
     upper = ordered.gather(1, (expected.floor().long() - spread).clamp(0, guide_size - 1).view(-1, 1))
-    lower = ordered.gather(1, (expected.ceil().long() + spread).clamp(0, guide_size - 1).view(-1, 1))
-    rank = keep - (values > upper).sum(dim=1)  # 1-based rank of the threshold among the bracketed pixels
-    inside = (values > lower) & (values <= upper)
-    if not bool(((rank >= 1) & (rank <= inside.sum(dim=1))).all()):
+    above = values > upper
+    # counts as float32 sums: exact below 2^24 per row, and several times faster than count_nonzero on CPU
+    rank = keep - above.float().sum(dim=1).long()  # 1-based rank of the threshold among the pixels <= upper
+    if not bool(((rank >= 1) & (rank <= 2 * margin * size + 1)).all()):
         return None
-    bracketed = torch.where(inside, values, torch.full_like(values, float("-inf")))
-    return bracketed.topk(int(rank.max()), dim=1).values.gather(1, (rank - 1).view(-1, 1))
+    below = values.masked_fill(above, float("-inf"))
+    return below.topk(int(rank.max()), dim=1).values.gather(1, (rank - 1).view(-1, 1))
 
 
 def top_fraction_mask(values: Tensor, keep: Tensor, max_soft: float = 0.0, guide: Tensor | None = None) -> Tensor:
@@ -172,4 +173,5 @@ class FMix(Mixer):
         mask = top_fraction_mask(noise.view(num_masks, -1), keep, self.max_soft, guide)
         mask = mask.view(num_masks, 1, height, width)
         mixed = F_mix.blend(x, index, mask, self.inplace)
-        return mixed, mask.double().mean(dim=(1, 2, 3)).expand(batch_size), mask
+        share = mask.sum(dim=(1, 2, 3)).double() / (height * width)  # float32 counts are exact below 2^24 pixels
+        return mixed, share.expand(batch_size), mask
