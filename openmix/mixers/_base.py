@@ -43,6 +43,12 @@ class MixOutput:
     y_b: Tensor
     mask: Tensor | None = None
 
+    @classmethod
+    def identity(cls, x: Tensor, y: Tensor) -> MixOutput:
+        """The unmixed batch in the same form: every sample its own partner, lam = 1, no copy of ``x``."""
+        index = torch.arange(x.shape[0], device=x.device)
+        return cls(x, index, torch.ones(x.shape[0], device=x.device), y, y, None)
+
     def soft_targets(self, num_classes: int, smoothing: float = 0.0) -> Tensor:
         """(B, K) float32 rows ``lam * t(y_a) + (1 - lam) * t(y_b)``, t = (smoothed) one-hot or soft target."""
         return mix_targets(self.y_a, self.y_b, self.lam, num_classes, smoothing)

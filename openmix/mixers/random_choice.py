@@ -100,9 +100,7 @@ class RandomChoiceMixer(nn.Module):
         device = generator.device if generator is not None else torch.device("cpu")
         draw = float(torch.rand((), generator=generator, device=device))  # one uniform draw decides the branch
         if draw < self.no_mix_prob:
-            batch_size = x.shape[0]
-            index = torch.arange(batch_size, device=x.device)
-            return MixOutput(x, index, torch.ones(batch_size, device=x.device), y, y, None)
+            return MixOutput.identity(x, y)
         position = (draw - self.no_mix_prob) / max(1.0 - self.no_mix_prob, 1e-12)  # uniform in [0, 1) again
         cumulative = torch.tensor(self.probs, dtype=torch.float64).cumsum(0)
         choice = min(int((cumulative <= position).sum()), len(self.mixers) - 1)

@@ -1,0 +1,249 @@
+"""Turn a folder of runs into comparison tables (markdown, CSV) and plots.
+
+One row per method (the runs' labels except ``seed``):
+
+- top-1 as mean ± std over seeds of the final epoch, and of the median of the last N epochs (OpenMixup's
+  convention);
+- top-5, NLL and ECE of the final epoch (mean ± std);
+- wall time, images/s (training, mean over epochs) and peak memory (max RSS of the run's process);
+- the difference from the baseline row (vanilla) in top-1, with a Welch t-test marker: ``*`` p < 0.05,
+  ``**`` p < 0.01 (``n/a`` with fewer than 2 seeds on either side).
+
+Plots: validation top-1 per epoch for each method (mean over seeds, band = std), a bar chart of top-1 with std
+error bars, and top-1 against cost (training images/s).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from scipy import stats
+
+
+@dataclass
+class RunResult:
+    """Metrics of one finished run."""
+
+    name: str
+    labels: dict[str, str]
+    epochs: list[int]
+    curves: dict[str, list[float]]  # per-epoch validation metrics and training images/s
+    wall_time_s: float
+    peak_rss_mb: float
+
+    def final(self, key: str) -> float:
+        values = self.curves.get(key) or [math.nan]
+        return values[-1]
+
+    def median_last(self, key: str, last: int) -> float:
+        values = self.curves.get(key) or [math.nan]
+        return statistics.median(values[-last:])
+
+
+@dataclass
+class MethodSummary:
+    """All seeds of one method."""
+
+    method: str
+    labels: dict[str, str]
+    runs: list[RunResult] = field(default_factory=list)
+
+
+def _float(text: str) -> float | None:
+    return float(text) if text not in ("", None) else None
+
+
+def read_metrics(path: Path) -> tuple[list[int], dict[str, list[float]]]:
+    """Per-epoch values of the validation metrics and of training images/s from a Lightning CSV log."""
+    per_epoch: dict[int, dict[str, float]] = defaultdict(dict)
+    with open(path, newline="") as stream:
+        for row in csv.DictReader(stream):
+            if not row.get("epoch"):
+                continue
+            epoch = int(float(row["epoch"]))
+            for key, text in row.items():
+                if key.startswith("val/") or key == "train/images_per_sec":
+                    value = _float(text)
+                    if value is not None:
+                        per_epoch[epoch][key] = value
+    epochs = sorted(e for e in per_epoch if "val/top1" in per_epoch[e])
+    keys = sorted({key for e in epochs for key in per_epoch[e]})
+    return epochs, {key: [per_epoch[e][key] for e in epochs if key in per_epoch[e]] for key in keys}
+
+
+def load_runs(runs_dir: str | Path) -> list[RunResult]:
+    """Every finished run (``run.json`` with status ``done``) under ``runs_dir``, at any depth."""
+    results = []
+    for record_path in sorted(Path(runs_dir).rglob("run.json")):
+        record = json.loads(record_path.read_text())
+        metrics = record_path.parent / "metrics.csv"
+        if record.get("status") != "done" or not metrics.is_file():
+            continue
+        epochs, curves = read_metrics(metrics)
+        if not epochs:
+            continue
+        labels = record.get("labels") or {"run": record_path.parent.name}
+        results.append(
+            RunResult(record_path.parent.name, labels, epochs, curves, record["wall_time_s"], record["peak_rss_mb"])
+        )
+    return results
+
+
+def group_methods(results: list[RunResult]) -> list[MethodSummary]:
+    """Runs grouped by their labels without ``seed``, in first-seen order."""
+    groups: dict[str, MethodSummary] = {}
+    for result in results:
+        labels = {k: v for k, v in result.labels.items() if k != "seed"}
+        method = ",".join(f"{k}={v}" for k, v in labels.items()) if len(labels) > 1 else next(iter(labels.values()))
+        groups.setdefault(method, MethodSummary(method, labels)).runs.append(result)
+    return list(groups.values())
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    clean = [v for v in values if not math.isnan(v)]
+    if not clean:
+        return math.nan, math.nan
+    return statistics.fmean(clean), (statistics.stdev(clean) if len(clean) > 1 else 0.0)
+
+
+def welch_marker(values: list[float], baseline: list[float]) -> tuple[float, str]:
+    """Welch t-test p-value and its marker (``**`` < 0.01, ``*`` < 0.05, ``n/a`` without 2 seeds per side)."""
+    if len(values) < 2 or len(baseline) < 2:
+        return math.nan, "n/a"
+    if statistics.pstdev(values) == 0 and statistics.pstdev(baseline) == 0:
+        return (0.0 if values[0] != baseline[0] else 1.0), ("**" if values[0] != baseline[0] else "")
+    p_value = float(stats.ttest_ind(values, baseline, equal_var=False).pvalue)
+    return p_value, "**" if p_value < 0.01 else "*" if p_value < 0.05 else ""
+
+
+def summarise(results: list[RunResult], baseline: dict[str, str] | None = None, last: int = 10) -> list[dict]:
+    """One dict per method with every column of the table (numbers, not text)."""
+    methods = group_methods(results)
+    base = next((m for m in methods if baseline and all(m.labels.get(k) == v for k, v in baseline.items())), None)
+    if base is None:
+        base = next((m for m in methods if "vanilla" in m.labels.values()), None)
+    base_top1 = [run.final("val/top1") * 100 for run in base.runs] if base else []
+    rows = []
+    for method in methods:
+        top1 = [run.final("val/top1") * 100 for run in method.runs]
+        row: dict[str, Any] = {"method": method.method, "seeds": len(method.runs)}
+        row["top1"], row["top1_std"] = mean_std(top1)
+        median_last = [run.median_last("val/top1", last) * 100 for run in method.runs]
+        row["top1_median_last"], row["top1_median_last_std"] = mean_std(median_last)
+        for key, scale in (("top5", 100), ("nll", 1), ("ece", 100)):
+            row[key], row[f"{key}_std"] = mean_std([run.final(f"val/{key}") * scale for run in method.runs])
+        row["wall_time_s"], _ = mean_std([run.wall_time_s for run in method.runs])
+        row["images_per_sec"], _ = mean_std(
+            [statistics.fmean(run.curves.get("train/images_per_sec") or [math.nan]) for run in method.runs]
+        )
+        row["peak_rss_mb"] = max(run.peak_rss_mb for run in method.runs)
+        is_base = method is base
+        row["delta_top1"] = math.nan if base is None or is_base else row["top1"] - mean_std(base_top1)[0]
+        row["p_value"], row["marker"] = (math.nan, "") if is_base or base is None else welch_marker(top1, base_top1)
+        row["baseline"] = is_base
+        row["epochs"] = max(len(run.epochs) for run in method.runs)
+        rows.append(row)
+    return rows
+
+
+def _pm(mean: float, std: float, digits: int = 2) -> str:
+    return "-" if math.isnan(mean) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def markdown_table(rows: list[dict], last: int = 10) -> str:
+    header = (
+        f"| method | seeds | top-1 (%) | top-1, median of last {last} (%) | top-5 (%) | NLL | ECE (%) | "
+        "Δ top-1 vs baseline | wall time (s) | images/s | peak memory (MB) |"
+    )
+    lines = [header, "|" + "---|" * 11]
+    for row in rows:
+        delta = (
+            "baseline"
+            if row["baseline"]
+            else ("-" if math.isnan(row["delta_top1"]) else f"{row['delta_top1']:+.2f} {row['marker']}".strip())
+        )
+        lines.append(
+            f"| {row['method']} | {row['seeds']} | {_pm(row['top1'], row['top1_std'])} | "
+            f"{_pm(row['top1_median_last'], row['top1_median_last_std'])} | {_pm(row['top5'], row['top5_std'])} | "
+            f"{_pm(row['nll'], row['nll_std'], 3)} | {_pm(row['ece'], row['ece_std'])} | {delta} | "
+            f"{row['wall_time_s']:.0f} | {row['images_per_sec']:.0f} | {row['peak_rss_mb']:.0f} |"
+        )
+    lines.append("")
+    lines.append(
+        "Δ: difference of the mean final top-1 from the baseline row; Welch t-test over seeds: ** p < 0.01, "
+        "* p < 0.05, n/a with fewer than 2 seeds. ECE: 15 equal-width bins."
+    )
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    with open(path, "w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def plot(results: list[RunResult], rows: list[dict], out_dir: Path) -> list[Path]:
+    """The three figures; returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = group_methods(results)
+    paths = [out_dir / "curves.png", out_dir / "top1_bars.png", out_dir / "top1_vs_cost.png"]
+    figure, axis = plt.subplots(figsize=(6, 4), layout="constrained")
+    for method in methods:
+        length = min(len(run.curves["val/top1"]) for run in method.runs)
+        per_epoch = [[run.curves["val/top1"][e] * 100 for run in method.runs] for e in range(length)]
+        means = [statistics.fmean(v) for v in per_epoch]
+        stds = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in per_epoch]
+        epochs = list(range(1, length + 1))
+        axis.plot(epochs, means, marker="o", label=method.method)
+        axis.fill_between(epochs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)], alpha=0.2)
+    axis.set(xlabel="epoch", ylabel="validation top-1 (%)", title="accuracy per epoch (mean ± std over seeds)")
+    axis.legend(fontsize=8)
+    figure.savefig(paths[0], dpi=120)
+    plt.close(figure)
+    figure, axis = plt.subplots(figsize=(6, 4), layout="constrained")
+    names = [row["method"] for row in rows]
+    axis.bar(names, [row["top1"] for row in rows], yerr=[row["top1_std"] for row in rows], capsize=4)
+    low = min(row["top1"] - 2 * max(row["top1_std"], 0.5) for row in rows)
+    axis.set(ylabel="final top-1 (%)", title="final top-1 (error bars: std over seeds)", ylim=(max(low, 0), None))
+    axis.tick_params(axis="x", rotation=30)
+    figure.savefig(paths[1], dpi=120)
+    plt.close(figure)
+    figure, axis = plt.subplots(figsize=(6, 4), layout="constrained")
+    for row in rows:
+        axis.errorbar(row["images_per_sec"], row["top1"], yerr=row["top1_std"], fmt="o", capsize=3)
+        axis.annotate(
+            row["method"], (row["images_per_sec"], row["top1"]), fontsize=8, xytext=(4, 4), textcoords="offset points"
+        )
+    axis.set(xlabel="training throughput (images/s)", ylabel="final top-1 (%)", title="accuracy against cost")
+    figure.savefig(paths[2], dpi=120)
+    plt.close(figure)
+    return paths
+
+
+def report(
+    runs_dir: str | Path, out_dir: str | Path | None = None, last: int = 10, baseline: dict[str, str] | None = None
+) -> str:
+    """Write ``results.md``, ``results.csv`` and the plots into ``out_dir`` (default: ``runs_dir``)."""
+    results = load_runs(runs_dir)
+    if not results:
+        raise FileNotFoundError(f"no finished runs (run.json with status 'done') under {runs_dir}")
+    out = Path(out_dir or runs_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = summarise(results, baseline, last)
+    table = markdown_table(rows, last)
+    (out / "results.md").write_text(table)
+    write_csv(rows, out / "results.csv")
+    plot(results, rows, out)
+    return table

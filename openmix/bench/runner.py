@@ -1,0 +1,129 @@
+"""Run a grid: one ``openmix fit`` process per run, one after another or N at a time; finished runs are skipped.
+
+Each run lives in ``RUNS_DIR/<grid name>/<run name>/``:
+
+- ``metrics.csv``: per-epoch (and per-step) metrics from the CSV logger;
+- ``config.yaml``: the resolved config, saved by LightningCLI;
+- ``checkpoints/``: ``last.ckpt`` and the best one;
+- ``run.json``: written when the process ends: status, wall time, peak memory (max RSS of the process), command;
+- ``output.log``: the process's output.
+
+A run whose ``run.json`` says ``done`` is skipped; a run that has a ``last.ckpt`` but is not done (the grid was
+killed) resumes from it with ``--ckpt_path``. So a grid killed at any point loses at most the unfinished epochs of
+the runs in flight and continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from openmix.bench.grid import Grid, Run
+
+
+def run_directory(runs_dir: str | Path, grid: Grid, run: Run) -> Path:
+    return Path(runs_dir) / grid.name / run.name
+
+
+def is_done(directory: Path) -> bool:
+    record = directory / "run.json"
+    return record.is_file() and json.loads(record.read_text()).get("status") == "done"
+
+
+def _value(value: Any) -> str:
+    """A config value as jsonargparse reads it from the command line (YAML flow style)."""
+    return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
+
+
+def loggers(grid: Grid, run: Run, directory: Path) -> list[dict[str, Any]]:
+    """The CSV logger writing into the run's folder, plus wandb (one group per grid) when the grid asks for it."""
+    specs: list[dict[str, Any]] = [
+        {
+            "class_path": "lightning.pytorch.loggers.CSVLogger",
+            "init_args": {"save_dir": str(directory), "name": "", "version": ""},
+        }
+    ]
+    if grid.wandb:
+        specs.append(
+            {
+                "class_path": "lightning.pytorch.loggers.WandbLogger",
+                "init_args": {"save_dir": str(directory), "project": "openmix", "group": grid.name, "name": run.name},
+            }
+        )
+    return specs
+
+
+def command(grid: Grid, run: Run, directory: Path) -> list[str]:
+    """The ``openmix fit`` command of a run (resuming from ``last.ckpt`` when there is one)."""
+    args = [sys.executable, "-m", "openmix.cli", "fit"]
+    for config in run.configs:
+        args += ["--config", str(config)]
+    for key, value in run.overrides.items():
+        args.append(f"--{key}={_value(value)}")
+    args += [
+        f"--trainer.default_root_dir={directory}",
+        f"--trainer.logger={json.dumps(loggers(grid, run, directory))}",
+        f"--checkpoint.dirpath={directory / 'checkpoints'}",
+        "--trainer.enable_progress_bar=false",
+    ]
+    last = directory / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        args.append(f"--ckpt_path={last}")
+    return args
+
+
+def execute(grid: Grid, run: Run, directory: Path, threads: int) -> dict[str, Any]:
+    """Run one fit process to its end; record status, wall time and peak memory in ``run.json``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    args = command(grid, run, directory)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+    start = time.perf_counter()
+    with open(directory / "output.log", "a") as log:
+        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
+        _, status, usage = os.wait4(process.pid, 0)  # the child's own resource usage
+        process.returncode = os.waitstatus_to_exitcode(status)
+    record = {
+        "status": "done" if process.returncode == 0 else "failed",
+        "returncode": process.returncode,
+        "wall_time_s": time.perf_counter() - start,
+        "peak_rss_mb": usage.ru_maxrss / 1024,  # Linux reports kilobytes
+        "labels": run.labels,
+        "command": args,
+    }
+    (directory / "run.json").write_text(json.dumps(record, indent=2))
+    return record
+
+
+def run_grid(grid: Grid, runs_dir: str | Path = "runs", parallel: int = 1, dry_run: bool = False) -> list[Path]:
+    """Run every unfinished run of ``grid``; returns the run folders (finished ones included)."""
+    if parallel < 1:
+        raise ValueError(f"parallel must be >= 1, got {parallel}")
+    runs = grid.runs()
+    directories = [run_directory(runs_dir, grid, run) for run in runs]
+    pending = [(run, d) for run, d in zip(runs, directories) if not is_done(d)]
+    print(f"grid {grid.name}: {len(runs)} runs, {len(runs) - len(pending)} already done, {len(pending)} to run")
+    if dry_run:
+        for run, directory in pending:
+            print(" ".join(command(grid, run, directory)))
+        return directories
+    threads = max(1, (os.cpu_count() or 1) // parallel)
+    lock = threading.Lock()
+
+    def one(item: tuple[Run, Path]) -> None:
+        run, directory = item
+        record = execute(grid, run, directory, threads)
+        with lock:
+            print(f"  {run.name}: {record['status']} in {record['wall_time_s']:.0f} s", flush=True)
+
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        list(pool.map(one, pending))
+    return directories

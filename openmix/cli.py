@@ -1,0 +1,166 @@
+"""The ``openmix`` command.
+
+- ``openmix fit|validate|test|predict``: LightningCLI over :class:`~openmix.lightning.MixClassifier` and any
+  :class:`~openmix.lightning.data.ClassificationData` (Fashion-MNIST by default). Config files stack
+  (``--config a.yaml --config b.yaml``), ``--print_config`` prints every default, unknown keys are errors, and each
+  run saves its resolved ``config.yaml`` next to its logs. The data module's ``num_classes`` and ``in_chans``
+  are linked into the model, so a dataset config is enough to size the classifier.
+- ``openmix list``: the registered mixers with their papers and default hyperparameters.
+- ``openmix show MIXER``: a PNG grid of mixed samples from a dataset.
+- ``openmix bench GRID.yaml``: run a grid of fits (resumable; N at a time), then report it.
+- ``openmix report RUN_DIR``: markdown / CSV tables and plots of finished runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+import openmix
+from openmix.lightning.data import ClassificationData
+from openmix.lightning.module import MixClassifier
+
+TRAINER_DEFAULTS = {
+    "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs"}},
+    "max_epochs": 10,
+}
+
+
+class OpenmixCLI(LightningCLI):
+    """LightningCLI with openmix's defaults: Fashion-MNIST data, last + best checkpoints, learning-rate logging."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/top1",
+                "checkpoint.mode": "max",
+                "checkpoint.save_last": True,
+                "checkpoint.filename": "best-{epoch}",
+                "data": {"class_path": "openmix.lightning.data.FashionMNISTData"},
+                "model": {"class_path": "openmix.lightning.MixClassifier"},
+            }
+        )
+        parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+        parser.link_arguments("data.in_chans", "model.init_args.in_chans", apply_on="instantiate")
+        parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        parser.set_defaults({"lr_monitor.logging_interval": "epoch"})
+
+
+def run_lightning(args: Sequence[str], run: bool = True) -> OpenmixCLI:
+    """Run a LightningCLI subcommand with ``args`` (``run=False``: only parse and instantiate, no subcommand)."""
+    return OpenmixCLI(
+        MixClassifier,
+        ClassificationData,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        args=list(args),
+        run=run,
+        trainer_defaults=TRAINER_DEFAULTS,
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+        seed_everything_default=0,  # reproducible unless a config asks otherwise
+    )
+
+
+def list_command(args: Sequence[str]) -> None:
+    """Print every registered mixer: name, whether it needs a network, default hyperparameters, paper."""
+    parser = argparse.ArgumentParser(prog="openmix list", description="List the registered mixers.")
+    parser.add_argument("pattern", nargs="?", default=None, help="shell-style filter, e.g. '*mix'")
+    options = parser.parse_args(args)
+    for name in openmix.list_mixers(options.pattern):
+        entry = openmix.get_mixer_entry(name)
+        defaults = ", ".join(f"{key}={value!r}" for key, value in entry.defaults.items()) or "-"
+        network = "  [needs a network]" if entry.needs_network else ""
+        print(f"{name}{network}\n    defaults: {defaults}\n    paper: {entry.paper}\n    {entry.url}")
+
+
+def show_command(args: Sequence[str]) -> None:
+    """Write a PNG grid of mixed samples from a dataset."""
+    from openmix.viz import render_grid
+
+    parser = argparse.ArgumentParser(prog="openmix show", description="Draw a mixer on samples of a dataset.")
+    parser.add_argument("mixer", nargs="+", help="registered mixer name(s)")
+    parser.add_argument("--data", default="FashionMNISTData", help="data module class in openmix.lightning.data")
+    parser.add_argument("--root", default=None, help="dataset root (the data module's default if omitted)")
+    parser.add_argument("--num", type=int, default=8, help="samples per row")
+    parser.add_argument("--mode", default="elem", choices=("batch", "elem"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="mixers.png", help="PNG file to write")
+    options = parser.parse_args(args)
+    for name in options.mixer:
+        openmix.get_mixer_entry(name)  # unknown names fail before any data is read
+    from openmix.lightning import data as data_modules
+
+    module_class = getattr(data_modules, options.data, None)
+    if not (isinstance(module_class, type) and issubclass(module_class, ClassificationData)):
+        parser.error(f"--data must name a data module of openmix.lightning.data, got {options.data!r}")
+    kwargs = {"augment": False} | ({"root": options.root} if options.root else {})
+    module = module_class(**kwargs)
+    module.setup("validate")
+    samples = [module.val_set[i] for i in range(min(options.num, len(module.val_set)))]
+    images = torch.stack([image for image, _ in samples])
+    labels = torch.tensor([int(label) for _, label in samples])
+    names = module.classes
+    figure = render_grid(images, labels, options.mixer, options.mode, options.seed, True, names, rescale=True)
+    figure.savefig(options.out, dpi=110, bbox_inches="tight", pad_inches=0.05)
+    print(f"wrote {options.out}")
+
+
+def bench_command(args: Sequence[str]) -> None:
+    """Run every unfinished run of a grid file, then write its report."""
+    from openmix.bench import load_grid, report, run_grid
+
+    parser = argparse.ArgumentParser(prog="openmix bench", description="Run a benchmark grid (resumable).")
+    parser.add_argument("grid", help="grid YAML file")
+    parser.add_argument("--runs-dir", default="runs", help="where run folders go (RUNS_DIR/<grid name>/<run>)")
+    parser.add_argument("--parallel", type=int, default=1, help="runs at a time (CPU threads are split evenly)")
+    parser.add_argument("--last", type=int, default=10, help="epochs of the 'median of the last N' column")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands of the unfinished runs")
+    options = parser.parse_args(args)
+    grid = load_grid(options.grid)
+    directories = run_grid(grid, options.runs_dir, options.parallel, options.dry_run)
+    if not options.dry_run:
+        grid_dir = directories[0].parent if directories else options.runs_dir
+        print(report(grid_dir, last=options.last, baseline=grid.baseline))
+        print(f"tables and plots in {grid_dir}")
+
+
+def report_command(args: Sequence[str]) -> None:
+    """Write the tables and plots of a folder of finished runs."""
+    from openmix.bench import report
+
+    parser = argparse.ArgumentParser(prog="openmix report", description="Tables and plots of finished runs.")
+    parser.add_argument("runs_dir", help="folder holding run folders (searched recursively for run.json)")
+    parser.add_argument("--out", default=None, help="output folder (default: runs_dir)")
+    parser.add_argument("--last", type=int, default=10, help="epochs of the 'median of the last N' column")
+    parser.add_argument("--baseline", default=None, help="baseline row as axis=label, e.g. mixer=vanilla")
+    options = parser.parse_args(args)
+    baseline = dict([options.baseline.split("=", 1)]) if options.baseline else None
+    print(report(options.runs_dir, options.out, options.last, baseline))
+
+
+COMMANDS: dict[str, Callable[[Sequence[str]], object]] = {
+    "list": list_command,
+    "show": show_command,
+    "bench": bench_command,
+    "report": report_command,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the ``openmix`` console script."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in COMMANDS:
+        COMMANDS[args[0]](args[1:])
+        return
+    run_lightning(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,813 @@
+"""LightningDataModules for Fashion-MNIST, CIFAR-10/100, Tiny-ImageNet and ImageNet, and the readers behind them.
+
+Fashion-MNIST and CIFAR are read from their original files (idx, python pickle batches) into memory and augmented
+there: :class:`ArrayImageDataset` draws one crop offset and one flip bit per sample from a NumPy generator seeded by
+``(seed, epoch)``, and :class:`EpochSampler` shuffles with ``seed + epoch``, so a resumed run sees exactly the same
+batches. Tiny-ImageNet and ImageNet are image folders decoded with PIL and transformed with
+``torchvision.transforms.v2`` (their random crops use torch's per-worker RNG, seeded by Lightning's
+``seed_everything(workers=True)``).
+
+Every option of a data module is a typed ``__init__`` argument, so LightningCLI configures it from YAML. Nothing
+touches the disk in ``__init__``: downloads (off by default) happen in ``prepare_data``, reading in ``setup``.
+
+Sources: Fashion-MNIST https://github.com/zalandoresearch/fashion-mnist (Debian: ``dataset-fashion-mnist``),
+CIFAR https://www.cs.toronto.edu/~kriz/cifar.html, Tiny-ImageNet http://cs231n.stanford.edu/tiny-imagenet-200.zip,
+ImageNet https://image-net.org (ILSVRC-2012, train/ and val/ sorted into one folder per class).
+"""
+
+from __future__ import annotations
+
+import abc
+import gzip
+import pickle
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torchvision import datasets
+from torchvision.transforms import v2
+
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# idx header: two zero bytes, a type code, the number of dimensions; then one big-endian uint32 size per dimension.
+IDX_DTYPES = {
+    0x08: np.dtype(np.uint8),
+    0x09: np.dtype(np.int8),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+# CIFAR python version: (folder in the archive, train batches, test batches, label key, meta file, class-name key).
+CIFAR_LAYOUTS = {
+    10: (
+        "cifar-10-batches-py",
+        tuple(f"data_batch_{i}" for i in range(1, 6)),
+        ("test_batch",),
+        "labels",
+        "batches.meta",
+        "label_names",
+    ),
+    100: ("cifar-100-python", ("train",), ("test",), "fine_labels", "meta", "fine_label_names"),
+}
+
+
+# ----------------------------------------------------------------------------------------------------------- readers
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read an MNIST-style idx file, gzipped or raw (told apart by the gzip magic bytes, not by the name).
+
+    Args:
+        path: the file, e.g. ``train-images-idx3-ubyte.gz`` or ``t10k-labels-idx1-ubyte``.
+
+    Returns:
+        A writable array with the header's shape in native byte order: uint8 images (N, H, W) or labels (N,).
+
+    Raises:
+        ValueError: the magic number is not an idx one, or the data size does not match the header.
+    """
+    path = Path(path)
+    with open(path, "rb") as file:
+        is_gzip = file.read(2) == b"\x1f\x8b"
+    with gzip.open(path, "rb") if is_gzip else open(path, "rb") as file:
+        data = file.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in IDX_DTYPES:
+        raise ValueError(
+            f"{path}: not an idx file (magic number 0x{data[:4].hex()}; expected 0x0000TTNN with type TT in "
+            "08, 09, 0B-0E and NN dimensions, e.g. 0x00000803 for images, 0x00000801 for labels)"
+        )
+    dtype, ndim = IDX_DTYPES[data[2]], data[3]
+    offset = 4 + 4 * ndim
+    if len(data) < offset:
+        raise ValueError(f"{path}: idx header truncated ({len(data)} bytes, {ndim} dimensions announced)")
+    shape = tuple(int(size) for size in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
+    expected = int(np.prod(shape)) * dtype.itemsize
+    if len(data) - offset != expected:
+        raise ValueError(f"{path}: header says shape {shape} ({expected} bytes) but {len(data) - offset} bytes follow")
+    return np.frombuffer(data, dtype=dtype, offset=offset).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def fashion_mnist_files(root: str | Path, train: bool) -> tuple[Path, Path]:
+    """Paths of the (images, labels) idx files of one Fashion-MNIST split, raw or ``.gz``.
+
+    Looks in ``root`` itself (the Debian layout) and in ``root/FashionMNIST/raw`` (torchvision's download layout).
+
+    Raises:
+        FileNotFoundError: naming the files, the Debian package and the ``download: true`` option.
+    """
+    prefix = "train" if train else "t10k"
+    stems = (f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte")
+    root = Path(root)
+    for directory in (root, root / "FashionMNIST" / "raw"):
+        found = [next((directory / n for n in (s, s + ".gz") if (directory / n).is_file()), None) for s in stems]
+        if found[0] is not None and found[1] is not None:
+            return found[0], found[1]
+    raise FileNotFoundError(
+        f"Fashion-MNIST files {stems[0]}[.gz] and {stems[1]}[.gz] not found in {root} nor in "
+        f"{root / 'FashionMNIST' / 'raw'}. Install the Debian package dataset-fashion-mnist (it puts them in "
+        "/usr/share/datasets/fashion-mnist), or set `download: true` on the data module to fetch them with torchvision."
+    )
+
+
+def load_fashion_mnist(root: str | Path, train: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Read one Fashion-MNIST split (train: 60000 images, test: 10000) from its original idx files.
+
+    Args:
+        root: a folder holding ``<prefix>-images-idx3-ubyte[.gz]`` and ``<prefix>-labels-idx1-ubyte[.gz]``
+            (prefix ``train`` or ``t10k``), directly or under ``FashionMNIST/raw``.
+        train: the training split, else the test split.
+
+    Returns:
+        uint8 images (N, 28, 28) and int64 labels (N,); class names are :data:`FASHION_MNIST_CLASSES`.
+    """
+    images_path, labels_path = fashion_mnist_files(root, train)
+    images, labels = read_idx(images_path), read_idx(labels_path)
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise ValueError(f"{images_path} {images.shape} and {labels_path} {labels.shape} do not pair up")
+    return images, labels.astype(np.int64)
+
+
+def cifar_directory(root: str | Path, num_classes: int, train: bool) -> Path:
+    """The folder holding the CIFAR pickle batches of a split: ``root/cifar-10-batches-py`` (or
+    ``cifar-100-python``), or ``root`` itself when the batches are directly there."""
+    if num_classes not in CIFAR_LAYOUTS:
+        raise ValueError(f"num_classes must be 10 or 100 for CIFAR, got {num_classes}")
+    folder, train_names, test_names = CIFAR_LAYOUTS[num_classes][:3]
+    names = train_names if train else test_names
+    root = Path(root)
+    for directory in (root / folder, root):
+        if all((directory / name).is_file() for name in names):
+            return directory
+    raise FileNotFoundError(
+        f"CIFAR-{num_classes} batches {', '.join(names)} not found in {root / folder} nor in {root}; "
+        "set `download: true` on the data module to fetch them with torchvision."
+    )
+
+
+def _unpickle(path: Path) -> dict[str, Any]:
+    # The official batches are Python 2 pickles with bytes keys; only read files you trust (pickle runs code).
+    with open(path, "rb") as file:
+        entry = pickle.load(file, encoding="bytes")
+    return {key.decode() if isinstance(key, bytes) else key: value for key, value in entry.items()}
+
+
+def _read_cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
+    entry = _unpickle(path)
+    data = np.asarray(entry["data"], dtype=np.uint8)
+    labels = np.asarray(entry[label_key], dtype=np.int64)
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(labels) != len(data):
+        raise ValueError(f"{path}: expected data (N, 3072) and N {label_key}, got {data.shape} and {labels.shape}")
+    # Each row is channel-major: 1024 red, 1024 green, 1024 blue values, each plane row-major. -> (N, 32, 32, 3)
+    return np.ascontiguousarray(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)), labels
+
+
+def load_cifar(root: str | Path, num_classes: int, train: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Read a CIFAR split from the standard python pickle batches (not torchvision's md5-checked classes).
+
+    Args:
+        root: a folder holding ``cifar-10-batches-py`` / ``cifar-100-python``, or the batches directly.
+        num_classes: 10 (``data_batch_1..5`` / ``test_batch``, key ``labels``) or 100 (``train`` / ``test``,
+            key ``fine_labels``).
+        train: the training split (50000 images), else the test split (10000).
+
+    Returns:
+        uint8 images (N, 32, 32, 3) and int64 labels (N,).
+    """
+    directory = cifar_directory(root, num_classes, train)
+    _, train_names, test_names, label_key = CIFAR_LAYOUTS[num_classes][:4]
+    batches = [_read_cifar_batch(directory / name, label_key) for name in (train_names if train else test_names)]
+    return np.concatenate([images for images, _ in batches]), np.concatenate([labels for _, labels in batches])
+
+
+def load_cifar_classes(root: str | Path, num_classes: int) -> list[str] | None:
+    """Class names from ``batches.meta`` (CIFAR-10) or ``meta`` (CIFAR-100, fine labels); None if it is absent."""
+    meta_name, names_key = CIFAR_LAYOUTS[num_classes][4:]
+    directory = cifar_directory(root, num_classes, train=False)
+    if not (directory / meta_name).is_file():
+        return None
+    names = _unpickle(directory / meta_name)[names_key]
+    return [name.decode() if isinstance(name, bytes) else str(name) for name in names]
+
+
+# ------------------------------------------------------------------------------------------------ in-memory dataset
+class ArrayImageDataset(Dataset):
+    """uint8 images held in memory, normalised per channel, with a per-(seed, epoch) crop/flip table.
+
+    ``set_epoch(epoch)`` draws, with ``np.random.default_rng([seed, epoch])``, one crop offset ``(dy, dx)`` in
+    ``[0, 2 * padding]`` and one horizontal-flip bit per sample; ``__getitem__`` zero-pads the raw image by
+    ``padding``, crops back to (H, W) at that offset and flips (the CIFAR recipe ``RandomCrop(32, padding=4)`` +
+    ``RandomHorizontalFlip``; the padding is black before normalisation, as there). The tables live in shared
+    memory and are updated in place, so persistent DataLoader workers see the new epoch too. No global RNG is used.
+
+    Args:
+        images: uint8 (N, H, W) or (N, H, W, C).
+        labels: (N,) class indices.
+        mean: per-channel mean of ``pixel / 255`` (length C).
+        std: per-channel standard deviation of ``pixel / 255`` (length C).
+        augment: ``"none"`` or ``"crop_flip"``.
+        padding: zero padding of the random crop, in pixels.
+        seed: seeds the augmentation tables together with the epoch.
+    """
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray | Sequence[int],
+        mean: Sequence[float],
+        std: Sequence[float],
+        augment: Literal["none", "crop_flip"] = "none",
+        padding: int = 4,
+        seed: int = 0,
+    ) -> None:
+        images = np.asarray(images)
+        if images.dtype != np.uint8 or images.ndim not in (3, 4):
+            raise ValueError(f"images must be uint8 (N, H, W) or (N, H, W, C), got {images.dtype} {images.shape}")
+        if images.ndim == 3:
+            images = images[..., None]
+        self.images = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))  # (N, C, H, W) uint8
+        self.labels = torch.as_tensor(np.asarray(labels, dtype=np.int64))
+        if self.labels.shape != (len(self.images),):
+            raise ValueError(f"labels must have shape ({len(self.images)},), got {tuple(self.labels.shape)}")
+        channels = self.images.shape[1]
+        if len(mean) != channels or len(std) != channels or min(std) <= 0:
+            raise ValueError(f"mean and std need {channels} values each (std > 0), got mean={mean}, std={std}")
+        if augment not in ("none", "crop_flip"):
+            raise ValueError(f"augment must be 'none' or 'crop_flip', got {augment!r}")
+        if padding < 0 or seed < 0:
+            raise ValueError(f"padding and seed must be >= 0, got padding={padding}, seed={seed}")
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+        self.augment, self.padding, self.seed = augment, padding, seed
+        # Shared memory: DataLoader workers (forked or spawned) read the same tables the main process rewrites.
+        self.crop_offsets = torch.zeros(len(self.images), 2, dtype=torch.int64).share_memory_()  # (N, 2): dy, dx
+        self.flips = torch.zeros(len(self.images), dtype=torch.bool).share_memory_()  # (N,)
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+        self.set_epoch(0)
+
+    @property
+    def epoch(self) -> int:
+        """The epoch whose augmentation tables are in use."""
+        return int(self._epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the crop offsets and flip bits of ``epoch`` (a function of ``(seed, epoch)`` only)."""
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        self._epoch.fill_(epoch)
+        if self.augment == "none":
+            return
+        generator = np.random.default_rng([self.seed, epoch])
+        offsets = generator.integers(0, 2 * self.padding + 1, size=(len(self), 2))
+        flips = generator.integers(0, 2, size=len(self)).astype(bool)
+        self.crop_offsets.copy_(torch.from_numpy(offsets))
+        self.flips.copy_(torch.from_numpy(flips))
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        image = self.images[index]  # (C, H, W) uint8
+        if self.augment == "crop_flip":
+            image = self._crop_flip(image, int(index))
+        return (image.float() / 255 - self.mean) / self.std, self.labels[index]
+
+    def _crop_flip(self, image: Tensor, index: int) -> Tensor:
+        channels, height, width = image.shape
+        pad = self.padding
+        padded = image.new_zeros(channels, height + 2 * pad, width + 2 * pad)
+        padded[:, pad : pad + height, pad : pad + width] = image
+        dy, dx = self.crop_offsets[index].tolist()
+        image = padded[:, dy : dy + height, dx : dx + width]
+        return image.flip(-1) if self.flips[index] else image
+
+
+class EpochSampler(DistributedSampler):
+    """A ``DistributedSampler`` whose ``set_epoch`` also reaches the dataset's per-epoch augmentation tables.
+
+    Shuffles with ``seed + epoch`` exactly as ``DistributedSampler`` does; ``num_replicas`` and ``rank`` default to
+    one process (1 / 0) instead of asking ``torch.distributed``. Lightning calls ``set_epoch`` on the sampler every
+    epoch and keeps samplers that are already ``DistributedSampler`` under DDP, so this one survives unchanged.
+
+    Args:
+        dataset: the dataset; its ``set_epoch(epoch)`` is called too when it has one.
+        num_replicas: number of processes (the trainer's world size).
+        rank: this process's global rank.
+        shuffle: shuffle the indices every epoch.
+        seed: shuffling seed, the same on every rank.
+        drop_last: drop the tail that does not divide evenly among ranks (else pad by repeating indices).
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        num_replicas: int = 1,
+        rank: int = 0,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+    ) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the shuffling epoch and, if the dataset has ``set_epoch``, its augmentation epoch."""
+        super().set_epoch(epoch)
+        dataset_set_epoch = getattr(self.dataset, "set_epoch", None)
+        if callable(dataset_set_epoch):
+            dataset_set_epoch(epoch)
+
+
+# ---------------------------------------------------------------------------------------------- image-folder data
+def _tiny_imagenet_root(root: str | Path) -> Path:
+    root = Path(root)
+    for directory in (root / "tiny-imagenet-200", root):
+        if (directory / "wnids.txt").is_file():
+            return directory
+    raise FileNotFoundError(
+        f"Tiny-ImageNet not found: no wnids.txt in {root / 'tiny-imagenet-200'} nor in {root} "
+        "(unzip http://cs231n.stanford.edu/tiny-imagenet-200.zip there)"
+    )
+
+
+def read_wnids(root: str | Path) -> list[str]:
+    """The sorted WordNet ids of ``wnids.txt`` under a Tiny-ImageNet root: class ``i`` is ``read_wnids(root)[i]``."""
+    text = (_tiny_imagenet_root(root) / "wnids.txt").read_text()
+    return sorted({line.strip() for line in text.splitlines() if line.strip()})
+
+
+class TinyImageNetFolder(Dataset):
+    """Tiny-ImageNet-200 in its zip layout: ``(transform(RGB PIL image), class index)`` pairs.
+
+    The labelled splits are ``train`` (``train/<wnid>/images/*.JPEG``) and ``val`` (``val/images/*.JPEG``, labels
+    from ``val/val_annotations.txt``: ``file<TAB>wnid<TAB>x<TAB>y<TAB>w<TAB>h``). The test split has no labels, so
+    the val split doubles as the test set.
+
+    Args:
+        root: the ``tiny-imagenet-200`` folder, or a folder containing it.
+        split: ``"train"`` or ``"val"``.
+        transform: applied to the RGB PIL image.
+    """
+
+    def __init__(
+        self, root: str | Path, split: Literal["train", "val"] = "train", transform: Callable | None = None
+    ) -> None:
+        if split not in ("train", "val"):
+            raise ValueError(f"split must be 'train' or 'val' (the test split has no labels), got {split!r}")
+        self.root = _tiny_imagenet_root(root)
+        self.classes = read_wnids(self.root)
+        self.class_to_idx = {wnid: index for index, wnid in enumerate(self.classes)}
+        self.samples = self._train_samples() if split == "train" else self._val_samples()
+        if not self.samples:
+            raise FileNotFoundError(f"no {split} images found under {self.root / split}")
+        self.targets = [target for _, target in self.samples]
+        self.transform = transform
+
+    def _train_samples(self) -> list[tuple[Path, int]]:
+        return [
+            (path, index)
+            for index, wnid in enumerate(self.classes)
+            for path in sorted((self.root / "train" / wnid / "images").glob("*.JPEG"))
+        ]
+
+    def _val_samples(self) -> list[tuple[Path, int]]:
+        annotations = self.root / "val" / "val_annotations.txt"
+        samples = []
+        for line in annotations.read_text().splitlines():
+            if not line.strip():
+                continue
+            file_name, wnid = line.split("\t")[:2]
+            if wnid not in self.class_to_idx:
+                raise ValueError(f"{annotations}: {file_name} has class {wnid!r}, which is not in wnids.txt")
+            samples.append((self.root / "val" / "images" / file_name, self.class_to_idx[wnid]))
+        return samples
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        path, target = self.samples[index]
+        with Image.open(path) as image:
+            rgb = image.convert("RGB")  # a few Tiny-ImageNet images are greyscale
+        return (self.transform(rgb) if self.transform is not None else rgb), target
+
+
+def _normalised_tensor(mean: Sequence[float], std: Sequence[float]) -> list[Callable]:
+    return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std), v2.ToPureTensor()]
+
+
+def folder_transform(
+    image_size: int, train: bool, resize_to: int | None = None, center_crop: bool = True
+) -> v2.Compose:
+    """The PIL -> normalised float32 (3, S, S) pipeline of the image-folder datasets (ImageNet statistics).
+
+    Args:
+        image_size: output side S.
+        train: ``RandomResizedCrop(S)`` + horizontal flip; else the evaluation resize below.
+        resize_to: evaluation only: resize the short side to this first (None: no resize).
+        center_crop: evaluation only: centre-crop to S after the resize.
+    """
+    if train:
+        geometry = [v2.RandomResizedCrop(image_size, antialias=True), v2.RandomHorizontalFlip()]
+    else:
+        geometry = [v2.Resize(resize_to, antialias=True)] if resize_to is not None else []
+        geometry += [v2.CenterCrop(image_size)] if center_crop else []
+    return v2.Compose(geometry + _normalised_tensor(IMAGENET_MEAN, IMAGENET_STD))
+
+
+# ---------------------------------------------------------------------------------------------------- data modules
+class ClassificationData(L.LightningDataModule, abc.ABC):
+    """Base of the image-classification data modules: loaders, distributed sampling, subsets for quick runs.
+
+    Subclasses implement :meth:`build_dataset`. Training shuffles with an :class:`EpochSampler` (seeded, one shard
+    per rank); validation and test loaders are sequential and both read the held-out labelled split (the official
+    test split of Fashion-MNIST / CIFAR, the val split of Tiny-ImageNet / ImageNet, whose test labels are not public).
+
+    Args:
+        batch_size: training batch size per process.
+        num_workers: DataLoader worker processes (persistent when > 0).
+        pin_memory: pin host memory for faster copies to the GPU.
+        augment: use the dataset's training augmentation (crop + flip); False trains on evaluation-style images.
+        seed: seed of the shuffling and of the in-memory augmentation tables.
+        val_batch_size: batch size of the validation / test loaders (None: ``batch_size``).
+        limit_train: use only the first N training samples (None: all); for quick runs and tests.
+        limit_val: use only the first N validation / test samples (None: all).
+        drop_last: drop the last incomplete training batch (and the tail that does not divide among ranks).
+    """
+
+    NUM_CLASSES = 0
+    IN_CHANS = 3
+    IMAGE_SIZE = 0
+
+    def __init__(
+        self,
+        batch_size: int = 128,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        augment: bool = True,
+        seed: int = 0,
+        val_batch_size: int | None = None,
+        limit_train: int | None = None,
+        limit_val: int | None = None,
+        drop_last: bool = True,
+    ) -> None:
+        super().__init__()
+        for name, value in (("batch_size", batch_size), ("val_batch_size", val_batch_size or 1)):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        for name, value in (("limit_train", limit_train), ("limit_val", limit_val)):
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 or None, got {value}")
+        if num_workers < 0 or seed < 0:
+            raise ValueError(f"num_workers and seed must be >= 0, got {num_workers} and {seed}")
+        self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
+        self.augment, self.seed, self.val_batch_size = augment, seed, val_batch_size
+        self.limit_train, self.limit_val, self.drop_last = limit_train, limit_val, drop_last
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.classes: list[str] | None = None
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes."""
+        return self.NUM_CLASSES
+
+    @property
+    def in_chans(self) -> int:
+        """Channels of the input images."""
+        return self.IN_CHANS
+
+    @property
+    def image_size(self) -> int:
+        """Side of the (square) input images."""
+        return self.IMAGE_SIZE
+
+    @abc.abstractmethod
+    def build_dataset(self, train: bool, limit: int | None) -> Dataset:
+        """The training (``train=True``) or held-out split, restricted to its first ``limit`` samples."""
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build the datasets (reads the disk): training set for ``fit``, the held-out set for every stage."""
+        if stage in (None, "fit") and self.train_set is None:
+            self.train_set = self.build_dataset(train=True, limit=self.limit_train)
+        if self.val_set is None:
+            self.val_set = self.build_dataset(train=False, limit=self.limit_val)
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled training batches; one shard per rank when a (distributed) trainer is attached."""
+        if self.train_set is None:
+            self.setup("fit")
+        world_size, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+        sampler = EpochSampler(self.train_set, world_size, rank, shuffle=True, seed=self.seed, drop_last=self.drop_last)
+        return self._loader(self.train_set, self.batch_size, sampler, self.drop_last)
+
+    def val_dataloader(self) -> DataLoader:
+        """Sequential batches of the held-out labelled split."""
+        if self.val_set is None:
+            self.setup("validate")
+        return self._loader(self.val_set, self.val_batch_size or self.batch_size, None, False)
+
+    def test_dataloader(self) -> DataLoader:
+        """The validation loader: the held-out labelled split doubles as the test set."""
+        return self.val_dataloader()
+
+    def _loader(self, dataset: Dataset, batch_size: int, sampler: EpochSampler | None, drop_last: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            shuffle=False,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            drop_last=drop_last,
+            persistent_workers=self.num_workers > 0,
+        )
+
+
+class InMemoryClassificationData(ClassificationData):
+    """Base of the small datasets read whole into an :class:`ArrayImageDataset` (Fashion-MNIST, CIFAR).
+
+    Subclasses set ``MEAN``, ``STD``, ``PADDING`` (of the random crop) and implement :meth:`load_arrays`.
+    """
+
+    MEAN: tuple[float, ...] = ()
+    STD: tuple[float, ...] = ()
+    PADDING = 4
+
+    @abc.abstractmethod
+    def load_arrays(self, train: bool) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 images (N, H, W[, C]) and int64 labels (N,) of the training or test split."""
+
+    def build_dataset(self, train: bool, limit: int | None) -> ArrayImageDataset:
+        """The split as an :class:`ArrayImageDataset`; crop + flip on the training split when ``augment``."""
+        images, labels = self.load_arrays(train)
+        augment = "crop_flip" if train and self.augment else "none"
+        return ArrayImageDataset(
+            images[:limit], labels[:limit], self.MEAN, self.STD, augment=augment, padding=self.PADDING, seed=self.seed
+        )
+
+
+class FashionMNISTData(InMemoryClassificationData):
+    """Fashion-MNIST (10 classes, 1 x 28 x 28) from its original idx files; the default dataset of CI.
+
+    Training augmentation: random crop with 2 px zero padding + horizontal flip. The official test split serves as
+    both the validation and the test set.
+
+    Args:
+        root: folder with the idx files (raw or .gz), directly (Debian package ``dataset-fashion-mnist``) or under
+            ``FashionMNIST/raw`` (torchvision's layout).
+        download: fetch the files with torchvision into ``root/FashionMNIST/raw`` if they are missing.
+        batch_size, num_workers, pin_memory, augment, seed, val_batch_size, limit_train, limit_val, drop_last:
+            see :class:`ClassificationData`.
+    """
+
+    NUM_CLASSES, IN_CHANS, IMAGE_SIZE = 10, 1, 28
+    MEAN, STD, PADDING = (0.2860,), (0.3530,), 2
+
+    def __init__(
+        self,
+        root: str = "/usr/share/datasets/fashion-mnist",
+        download: bool = False,
+        batch_size: int = 128,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        augment: bool = True,
+        seed: int = 0,
+        val_batch_size: int | None = None,
+        limit_train: int | None = None,
+        limit_val: int | None = None,
+        drop_last: bool = True,
+    ) -> None:
+        super().__init__(
+            batch_size, num_workers, pin_memory, augment, seed, val_batch_size, limit_train, limit_val, drop_last
+        )
+        self.root, self.download = root, download
+        self.save_hyperparameters()
+
+    def prepare_data(self) -> None:
+        """With ``download``, fetch the missing splits with torchvision (once per node)."""
+        if not self.download:
+            return
+        for train in (True, False):
+            try:
+                fashion_mnist_files(self.root, train)
+            except FileNotFoundError:
+                datasets.FashionMNIST(self.root, train=train, download=True)
+
+    def load_arrays(self, train: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Read the split with :func:`load_fashion_mnist`."""
+        self.classes = list(FASHION_MNIST_CLASSES)
+        return load_fashion_mnist(self.root, train)
+
+
+class CIFARData(InMemoryClassificationData):
+    """Base of CIFAR-10/100 (3 x 32 x 32) read from the python pickle batches.
+
+    Training augmentation: random crop with 4 px zero padding + horizontal flip. The official test split serves as
+    both the validation and the test set.
+
+    Args:
+        root: folder holding ``cifar-10-batches-py`` / ``cifar-100-python`` (or the batches directly).
+        download: fetch and extract the archive with torchvision's CIFAR class if the batches are missing.
+        batch_size, num_workers, pin_memory, augment, seed, val_batch_size, limit_train, limit_val, drop_last:
+            see :class:`ClassificationData`.
+    """
+
+    IN_CHANS, IMAGE_SIZE, PADDING = 3, 32, 4
+    TORCHVISION_CLASS: type[datasets.VisionDataset] = datasets.CIFAR10
+
+    def __init__(
+        self,
+        root: str = "data/cifar",
+        download: bool = False,
+        batch_size: int = 128,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        augment: bool = True,
+        seed: int = 0,
+        val_batch_size: int | None = None,
+        limit_train: int | None = None,
+        limit_val: int | None = None,
+        drop_last: bool = True,
+    ) -> None:
+        super().__init__(
+            batch_size, num_workers, pin_memory, augment, seed, val_batch_size, limit_train, limit_val, drop_last
+        )
+        self.root, self.download = root, download
+        self.save_hyperparameters()
+
+    def prepare_data(self) -> None:
+        """With ``download``, fetch the archive with torchvision if a split is missing (once per node)."""
+        if not self.download:
+            return
+        for train in (True, False):
+            try:
+                cifar_directory(self.root, self.NUM_CLASSES, train)
+            except FileNotFoundError:
+                self.TORCHVISION_CLASS(self.root, train=train, download=True)
+
+    def load_arrays(self, train: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Read the split with :func:`load_cifar`; class names from the meta file."""
+        self.classes = load_cifar_classes(self.root, self.NUM_CLASSES)
+        return load_cifar(self.root, self.NUM_CLASSES, train)
+
+
+class CIFAR10Data(CIFARData):
+    """CIFAR-10: 10 classes, 50000 training and 10000 test images. Arguments: see :class:`CIFARData`."""
+
+    NUM_CLASSES = 10
+    MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+    TORCHVISION_CLASS = datasets.CIFAR10
+
+
+class CIFAR100Data(CIFARData):
+    """CIFAR-100 (fine labels): 100 classes, 50000 training and 10000 test images. Arguments: see :class:`CIFARData`."""
+
+    NUM_CLASSES = 100
+    MEAN, STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+    TORCHVISION_CLASS = datasets.CIFAR100
+
+
+def _first(dataset: Dataset, limit: int | None) -> Dataset:
+    """The first ``limit`` samples (folder datasets are sorted by class, so a small limit covers few classes)."""
+    return dataset if limit is None or limit >= len(dataset) else Subset(dataset, range(limit))
+
+
+class TinyImageNetData(ClassificationData):
+    """Tiny-ImageNet-200 (200 classes, 3 x 64 x 64 JPEGs) from its zip layout, see :class:`TinyImageNetFolder`.
+
+    Training: ``RandomResizedCrop(image_size)`` + horizontal flip; evaluation: resized to ``image_size`` when it is
+    not the native 64. ImageNet normalisation. The val split serves as both the validation and the test set (the
+    test split has no labels).
+
+    Args:
+        root: the ``tiny-imagenet-200`` folder, or a folder containing it.
+        image_size: side of the network's input.
+        batch_size, num_workers, pin_memory, augment, seed, val_batch_size, limit_train, limit_val, drop_last:
+            see :class:`ClassificationData`.
+    """
+
+    NUM_CLASSES, NATIVE_SIZE = 200, 64
+
+    def __init__(
+        self,
+        root: str = "data/tiny-imagenet-200",
+        image_size: int = 64,
+        batch_size: int = 128,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        augment: bool = True,
+        seed: int = 0,
+        val_batch_size: int | None = None,
+        limit_train: int | None = None,
+        limit_val: int | None = None,
+        drop_last: bool = True,
+    ) -> None:
+        super().__init__(
+            batch_size, num_workers, pin_memory, augment, seed, val_batch_size, limit_train, limit_val, drop_last
+        )
+        self.root, self._image_size = root, image_size
+        self.save_hyperparameters()
+
+    @property
+    def num_classes(self) -> int:
+        """200, or the number of ids in ``wnids.txt`` when the dataset is on disk (a subset, for quick runs)."""
+        try:
+            return len(read_wnids(self.root))
+        except FileNotFoundError:
+            return self.NUM_CLASSES
+
+    @property
+    def image_size(self) -> int:
+        """Side of the network's input."""
+        return self._image_size
+
+    def build_dataset(self, train: bool, limit: int | None) -> Dataset:
+        """The train or val split with its transform."""
+        if train and self.augment:
+            transform = folder_transform(self.image_size, train=True)
+        else:
+            resize = self.image_size if self.image_size != self.NATIVE_SIZE else None
+            transform = folder_transform(self.image_size, train=False, resize_to=resize, center_crop=resize is not None)
+        dataset = TinyImageNetFolder(self.root, "train" if train else "val", transform)
+        self.classes = dataset.classes
+        return _first(dataset, limit)
+
+
+class ImageNetData(ClassificationData):
+    """ImageNet (ILSVRC-2012) as two ``ImageFolder`` trees, ``root/train/<wnid>/*`` and ``root/val/<wnid>/*``.
+
+    Training: ``RandomResizedCrop(image_size)`` + horizontal flip; evaluation: resize the short side to
+    ``int(image_size / 0.875)`` then centre-crop ``image_size`` (256 -> 224). ImageNet normalisation. The val split
+    serves as both the validation and the test set.
+
+    Args:
+        root: folder holding ``train/`` and ``val/``, one sub-folder per class in each.
+        image_size: side of the network's input.
+        batch_size, num_workers, pin_memory, augment, seed, val_batch_size, limit_train, limit_val, drop_last:
+            see :class:`ClassificationData`.
+    """
+
+    NUM_CLASSES, CROP_RATIO = 1000, 0.875
+
+    def __init__(
+        self,
+        root: str = "data/imagenet",
+        image_size: int = 224,
+        batch_size: int = 128,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        augment: bool = True,
+        seed: int = 0,
+        val_batch_size: int | None = None,
+        limit_train: int | None = None,
+        limit_val: int | None = None,
+        drop_last: bool = True,
+    ) -> None:
+        super().__init__(
+            batch_size, num_workers, pin_memory, augment, seed, val_batch_size, limit_train, limit_val, drop_last
+        )
+        self.root, self._image_size = root, image_size
+        self.save_hyperparameters()
+
+    @property
+    def num_classes(self) -> int:
+        """1000, or the number of class folders in ``root/train`` when it exists (a subset, for quick runs)."""
+        train_dir = Path(self.root) / "train"
+        if not train_dir.is_dir():
+            return self.NUM_CLASSES
+        return sum(1 for entry in train_dir.iterdir() if entry.is_dir())
+
+    @property
+    def image_size(self) -> int:
+        """Side of the network's input."""
+        return self._image_size
+
+    def build_dataset(self, train: bool, limit: int | None) -> Dataset:
+        """``ImageFolder`` over ``root/train`` or ``root/val`` with its transform."""
+        directory = Path(self.root) / ("train" if train else "val")
+        if not directory.is_dir():
+            raise FileNotFoundError(f"ImageNet folder {directory} not found (expected {directory}/<wnid>/<image>)")
+        if train and self.augment:
+            transform = folder_transform(self.image_size, train=True)
+        else:
+            transform = folder_transform(self.image_size, train=False, resize_to=int(self.image_size / self.CROP_RATIO))
+        dataset = datasets.ImageFolder(str(directory), transform=transform)
+        self.classes = dataset.classes
+        return _first(dataset, limit)

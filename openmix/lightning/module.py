@@ -1,0 +1,237 @@
+"""MixClassifier: a timm backbone trained with any openmix mixer and objective, as a LightningModule.
+
+Every component is a typed ``__init__`` argument, so LightningCLI builds a checked YAML config for it, prints the
+defaults with ``--print_config`` and saves the resolved config of each run. The mixer is built from the registry
+by name; what a mixer needs at call time (``mixer.requires``) is handed over from :meth:`MixClassifier.mixer_context`,
+so no code here depends on which method is used.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import lightning as L
+import timm
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
+
+from openmix import losses
+from openmix.lightning.distributed import PAIRING_SCOPES, mix_across_ranks
+from openmix.lightning.optim import SGD, WarmupCosineLR
+from openmix.mixers import MixOutput, create_mixer
+
+OBJECTIVES = {
+    "ce": losses.SoftTargetCrossEntropy,
+    "bce": losses.MixedBinaryCrossEntropy,
+    "regmixup": losses.RegMixupLoss,
+    "decoupled": losses.DecoupledMixupLoss,
+}
+
+
+def build_backbone(
+    name: str, num_classes: int, in_chans: int = 3, pretrained: bool = False, cifar_stem: bool = False, **kwargs: Any
+) -> nn.Module:
+    """A timm model; ``cifar_stem`` makes its first conv 3x3 stride 1 and drops the stem's max-pool (28-32 px)."""
+    model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    if cifar_stem:
+        apply_cifar_stem(model)
+    return model
+
+
+def apply_cifar_stem(model: nn.Module) -> None:
+    """Replace the first convolution by a 3x3 stride-1 one and the first max-pool by the identity, in place."""
+    conv_name = next((name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
+    if conv_name is None:
+        raise ValueError("cifar_stem needs a convolutional backbone (no nn.Conv2d found)")
+    first = model.get_submodule(conv_name)
+    stem = nn.Conv2d(first.in_channels, first.out_channels, 3, stride=1, padding=1, bias=first.bias is not None)
+    _replace(model, conv_name, stem)
+    pool_name = next((name for name, m in model.named_modules() if isinstance(m, nn.MaxPool2d)), None)
+    if pool_name is not None:
+        _replace(model, pool_name, nn.Identity())
+
+
+def _replace(model: nn.Module, dotted: str, module: nn.Module) -> None:
+    parent, _, child = dotted.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+class MixClassifier(L.LightningModule):
+    """Image classifier trained on mixed batches.
+
+    Args:
+        backbone: timm model name.
+        num_classes: number of classes.
+        in_chans: input channels (1 for Fashion-MNIST).
+        pretrained: load timm's pretrained weights (downloads; off by default).
+        cifar_stem: 3x3 stride-1 first conv and no stem max-pool, for 28-32 px inputs.
+        backbone_kwargs: more keyword arguments of ``timm.create_model`` (e.g. ``channels`` of a ResNet).
+        mixer: a registered mixer name (``openmix list``), or ``None`` for no mixing.
+        mixer_kwargs: its constructor arguments (e.g. ``{alpha: 1.0}`` or ``randomchoice``'s ``mixers``).
+        mix_prob: probability that a training batch is mixed.
+        mix_off_epoch: from this epoch on, batches are no longer mixed (``None``: never stop).
+        objective: ``ce`` (mixed soft-target cross entropy), ``bce``, ``regmixup`` or ``decoupled``.
+        objective_kwargs: its arguments (``eta``, ``target_threshold``, ...).
+        label_smoothing: smoothing of each one-hot target before mixing.
+        optimizer: optimizer factory (default SGD lr 0.1, momentum 0.9, weight decay 5e-4).
+        scheduler: learning-rate scheduler factory, stepped every step (default warm-up + cosine).
+        channels_last: run the network in channels-last memory format.
+        pairing_scope: ``local`` (each rank mixes its own batch) or ``global`` (partners drawn across all ranks).
+        seed: seed of the mixing RNG; each step reseeds it from (seed, step), so a resumed run mixes the same way.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "resnet18",
+        num_classes: int = 10,
+        in_chans: int = 3,
+        pretrained: bool = False,
+        cifar_stem: bool = False,
+        backbone_kwargs: dict[str, Any] | None = None,
+        mixer: str | None = "mixup",
+        mixer_kwargs: dict[str, Any] | None = None,
+        mix_prob: float = 1.0,
+        mix_off_epoch: int | None = None,
+        objective: str = "ce",
+        objective_kwargs: dict[str, Any] | None = None,
+        label_smoothing: float = 0.0,
+        optimizer: OptimizerCallable = SGD,
+        scheduler: LRSchedulerCallable = WarmupCosineLR,
+        channels_last: bool = False,
+        pairing_scope: str = "local",
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {sorted(OBJECTIVES)}, got {objective!r}")
+        if not 0.0 <= mix_prob <= 1.0:
+            raise ValueError(f"mix_prob must lie in [0, 1], got {mix_prob}")
+        if pairing_scope not in PAIRING_SCOPES:
+            raise ValueError(f"pairing_scope must be one of {PAIRING_SCOPES}, got {pairing_scope!r}")
+        self.network = build_backbone(
+            backbone, num_classes, in_chans, pretrained, cifar_stem, **(backbone_kwargs or {})
+        )
+        if channels_last:  # weights too: a channels-last input meeting contiguous weights costs reorders
+            self.network = self.network.to(memory_format=torch.channels_last)
+        self.mixer = None if mixer is None else create_mixer(mixer, **(mixer_kwargs or {}))
+        self.objective = OBJECTIVES[objective](smoothing=label_smoothing, **(objective_kwargs or {}))
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.mixing_generator = torch.Generator()
+        top_k = min(5, num_classes)
+        self.val_top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
+        self.val_top5 = MulticlassAccuracy(num_classes, top_k=top_k, average="micro")
+        self.val_nll = MeanMetric()
+        self.val_ece = MulticlassCalibrationError(num_classes, n_bins=15, norm="l1")
+        self.train_lams: list[Tensor] = []
+        self._epoch_images = 0
+        self._epoch_start = 0.0
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.hparams.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.network(x)
+
+    # ----- mixing -------------------------------------------------------------------------------------------------
+    def mixer_context(self) -> dict[str, Any]:
+        """What a mixer may ask for at call time, by name (a mixer's ``requires`` selects from it)."""
+        return {"model": self.network}
+
+    def mixing_active(self) -> bool:
+        off_epoch = self.hparams.mix_off_epoch
+        return self.mixer is not None and (off_epoch is None or self.current_epoch < off_epoch)
+
+    def mix(self, x: Tensor, y: Tensor) -> MixOutput:
+        """Mix a training batch, or return it unmixed (lam = 1) when mixing is off or skipped for this batch."""
+        # reseeded per step, and per rank unless partners are drawn across ranks: reproducible after a resume
+        rank = 0 if self.hparams.pairing_scope == "global" else self.global_rank
+        self.mixing_generator.manual_seed(self.hparams.seed * 1_000_003 + self.global_step * 1_009 + rank)
+        skip = torch.rand((), generator=self.mixing_generator) >= self.hparams.mix_prob
+        if not self.mixing_active() or bool(skip):
+            return MixOutput.identity(x, y)
+        context = {key: value for key, value in self.mixer_context().items() if key in self.mixer.requires}
+        return mix_across_ranks(self.mixer, x, y, self.mixing_generator, self.hparams.pairing_scope, **context)
+
+    # ----- steps --------------------------------------------------------------------------------------------------
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        mix = self.mix(x, y)  # MixOutput: mixed images, partners, lambdas
+        if self.objective.uses_clean_batch:  # RegMixup: clean and mixed batch through the network together
+            clean_logits, logits = self(torch.cat([x, mix.x])).split([x.shape[0], mix.x.shape[0]])
+            loss = self.objective(logits, mix, clean_logits)
+        else:
+            logits = self(mix.x)
+            loss = self.objective(logits, mix)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=x.shape[0])
+        self.log("train/top1", self.mixed_accuracy(logits, mix), on_epoch=True, batch_size=x.shape[0])
+        self.train_lams.append(mix.lam.detach().cpu())
+        self._epoch_images += x.shape[0]
+        return loss
+
+    @staticmethod
+    def mixed_accuracy(logits: Tensor, mix: MixOutput) -> Tensor:
+        """lam-weighted top-1 against both labels (class ids only; soft labels use their arg-max)."""
+        prediction = logits.argmax(dim=-1)
+        y_a = mix.y_a if mix.y_a.dim() == 1 else mix.y_a.argmax(dim=-1)
+        y_b = mix.y_b if mix.y_b.dim() == 1 else mix.y_b.argmax(dim=-1)
+        hits = mix.lam * (prediction == y_a).float() + (1 - mix.lam) * (prediction == y_b).float()
+        return hits.mean()
+
+    def evaluate(self, batch: tuple[Tensor, Tensor], stage: str) -> None:
+        x, y = batch
+        logits = self(x).float()
+        self.val_top1.update(logits, y)
+        self.val_top5.update(logits, y)
+        self.val_nll.update(F.cross_entropy(logits, y, reduction="none"))
+        self.val_ece.update(logits.softmax(dim=-1), y)
+        metrics = {"top1": self.val_top1, "top5": self.val_top5, "nll": self.val_nll, "ece": self.val_ece}
+        for name, metric in metrics.items():
+            self.log(f"{stage}/{name}", metric, on_epoch=True, prog_bar=name == "top1", batch_size=x.shape[0])
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self.evaluate(batch, "val")
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self.evaluate(batch, "test")
+
+    def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self(x).softmax(dim=-1)
+
+    # ----- epoch bookkeeping: throughput and the lambda histogram ---------------------------------------------
+    def on_train_epoch_start(self) -> None:
+        self._epoch_images = 0
+        self._epoch_start = time.perf_counter()
+        self.train_lams = []
+
+    def on_train_epoch_end(self) -> None:
+        elapsed = max(time.perf_counter() - self._epoch_start, 1e-9)
+        self.log("train/images_per_sec", self._epoch_images / elapsed, sync_dist=True, reduce_fx="sum")
+        if not self.train_lams:
+            return
+        lams = torch.cat(self.train_lams)
+        self.log("train/lam_mean", lams.mean())
+        for logger in self.loggers:  # histograms where the logger has them (TensorBoard, wandb)
+            experiment = getattr(logger, "experiment", None)
+            if hasattr(experiment, "add_histogram"):
+                experiment.add_histogram("train/lam", lams, self.current_epoch)
+            elif hasattr(experiment, "log") and type(logger).__name__ == "WandbLogger":
+                import wandb
+
+                experiment.log({"train/lam": wandb.Histogram(lams.numpy()), "epoch": self.current_epoch})
+
+    # ----- optimisation -------------------------------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = self.optimizer_factory(self.parameters())
+        scheduler = self.scheduler_factory(optimizer)
+        if hasattr(scheduler, "set_total_steps"):  # schedules that need the run's length get it from the trainer
+            total = int(self.trainer.estimated_stepping_batches)
+            epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
+            scheduler.set_total_steps(total, max(1, total // epochs))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,173 @@
+"""The ``openmix`` command: configs, list / show, resume after a crash, loggers, DDP on the CPU."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from openmix.cli import main, run_lightning
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+needs_fmnist = pytest.mark.skipif(
+    not (FMNIST / "train-images-idx3-ubyte.gz").is_file(), reason="Fashion-MNIST (dataset-fashion-mnist) not installed"
+)
+TINY_MODEL = [
+    "--model.init_args.backbone=resnet10t",
+    "--model.init_args.backbone_kwargs={channels: [8, 8, 8, 8], stem_width: 8}",
+    "--model.init_args.cifar_stem=true",
+]
+TINY_DATA = ["--data.init_args.limit_train=256", "--data.init_args.limit_val=64", "--data.init_args.batch_size=32"]
+
+
+def cli(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "openmix.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+        check=check,
+        cwd=ROOT,
+    )
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(ROOT / "configs")))
+def test_every_config_file_instantiates(config, tmp_path):
+    """Each file stacks onto the defaults, passes the typed parser and builds model, data and trainer."""
+    if config.parent.name == "grids":
+        from openmix.bench import load_grid
+
+        assert load_grid(config).runs()
+        return
+    args = ["--config", str(config), f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false"]
+    if "trainer" in config.parts:  # accelerators this machine may lack: check the keys, not the hardware
+        args += ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strategy=auto"]
+    built = run_lightning(args, run=False)
+    from openmix.lightning import MixClassifier
+    from openmix.lightning.data import ClassificationData
+
+    assert isinstance(built.model, MixClassifier) and isinstance(built.datamodule, ClassificationData)
+    assert built.model.hparams.num_classes == built.datamodule.num_classes
+
+
+def test_unknown_keys_are_errors():
+    result = cli("fit", "--model.init_args.mixr=cutmix", check=False)
+    assert result.returncode != 0 and "mixr" in result.stderr
+
+
+def test_print_config_shows_the_defaults():
+    printed = yaml.safe_load(cli("fit", "--print_config").stdout)
+    assert printed["model"]["class_path"] == "openmix.lightning.MixClassifier"
+    assert printed["model"]["init_args"]["optimizer"]["class_path"] == "openmix.lightning.SGD"
+    assert printed["data"]["class_path"] == "openmix.lightning.data.FashionMNISTData"
+    assert printed["checkpoint"]["save_last"] is True
+
+
+def test_list_prints_every_mixer(capsys):
+    main(["list"])
+    printed = capsys.readouterr().out
+    import openmix
+
+    for name in openmix.list_mixers():
+        assert name in printed
+    assert "arxiv.org" in printed and "needs a network" in printed
+
+
+@needs_fmnist
+def test_show_writes_a_png(tmp_path):
+    out = tmp_path / "cutmix.png"
+    main(["show", "cutmix", "fmix", "--num", "4", "--out", str(out)])
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(SystemExit):
+        main(["show", "cutmix", "--data", "NoSuchData", "--out", str(out)])
+
+
+def _final_metrics(log_dir: Path) -> dict[str, float]:
+    rows = list(csv.DictReader(open(log_dir / "metrics.csv")))
+    last_val = [row for row in rows if row.get("val/top1")][-1]
+    return {key: float(last_val[key]) for key in ("epoch", "val/top1", "val/nll", "val/ece")}
+
+
+@needs_fmnist
+@pytest.mark.slow
+def test_resume_after_a_crash_reaches_the_same_final_metrics(tmp_path):
+    """A run killed (SIGKILL) in the middle of epoch 2 and resumed with --ckpt_path last ends exactly where an
+    uninterrupted run with the same seed ends."""
+    common = ["fit", *TINY_MODEL, *TINY_DATA, "--trainer.max_epochs=3", "--model.init_args.mixer=cutmix"]
+
+    def run(name: str, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
+        directory = tmp_path / name
+        args = [
+            *common,
+            f"--trainer.default_root_dir={directory}",
+            f"--trainer.logger.init_args.save_dir={directory}",
+            "--trainer.logger.init_args.name=",
+            "--trainer.logger.init_args.version=",
+            f"--checkpoint.dirpath={directory / 'checkpoints'}",
+            *extra,
+        ]
+        return cli(*args, env={"PYTHONPATH": str(ROOT / "tests")}, check=check)
+
+    run("straight")
+    crashed = run(
+        "crashed", "--trainer.callbacks+=kill_callback.KillAtStep", "--trainer.callbacks.step=12", check=False
+    )
+    assert crashed.returncode != 0, "the crash callback must kill the run"
+    assert (tmp_path / "crashed" / "checkpoints" / "last.ckpt").is_file()
+    run("crashed", "--ckpt_path=last")
+    straight, resumed = _final_metrics(tmp_path / "straight"), _final_metrics(tmp_path / "crashed")
+    assert straight["epoch"] == resumed["epoch"] == 2
+    for key in ("val/top1", "val/nll", "val/ece"):
+        assert resumed[key] == pytest.approx(straight[key], abs=1e-6), key
+
+
+@needs_fmnist
+@pytest.mark.slow
+def test_tensorboard_and_offline_wandb_loggers(tmp_path):
+    pytest.importorskip("tensorboard")
+    pytest.importorskip("wandb")
+    loggers = (
+        f'[{{"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {{"save_dir": "{tmp_path}"}}}},'
+        f' {{"class_path": "lightning.pytorch.loggers.WandbLogger", "init_args": {{"save_dir": "{tmp_path}",'
+        ' "project": "openmix-test", "offline": true}}]'
+    )
+    result = cli(
+        "fit",
+        *TINY_MODEL,
+        *TINY_DATA,
+        "--trainer.max_epochs=1",
+        f"--trainer.default_root_dir={tmp_path}",
+        f"--trainer.logger={loggers}",
+        "--checkpoint.dirpath=" + str(tmp_path / "ckpt"),
+        env={"WANDB_MODE": "offline", "WANDB_SILENT": "true"},
+    )
+    assert result.returncode == 0
+    assert list(tmp_path.rglob("events.out.tfevents.*")), "TensorBoard wrote no event file"
+    assert list(tmp_path.rglob("offline-run-*")), "wandb wrote no offline run"
+
+
+@needs_fmnist
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes(tmp_path):
+    result = cli(
+        "fit",
+        *TINY_MODEL,
+        *TINY_DATA,
+        "--trainer.max_epochs=1",
+        "--config",
+        str(ROOT / "configs/trainer/ddp_cpu.yaml"),
+        "--model.init_args.pairing_scope=global",
+        f"--trainer.default_root_dir={tmp_path}",
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+        "--checkpoint.dirpath=" + str(tmp_path / "ckpt"),
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = list(tmp_path.rglob("metrics.csv"))
+    assert metrics and any(row.get("val/top1") for row in csv.DictReader(open(metrics[0])))
