@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 STAMP := $(VENV)/.openmix-installed
 
-.PHONY: setup data test test-fast quickstart bench-mixers lint format clean
+.PHONY: setup data test test-fast quickstart bench-mixers bench-train lint format clean
 
 setup: $(STAMP)
 
@@ -32,8 +32,13 @@ test: setup data
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 
+# Vanilla, mixup, CutMix and FMix on Fashion-MNIST (2 epochs, 2 runs at a time): a table and plots in
+# runs/quickstart/. Finished runs are kept: run it again to continue an interrupted quickstart.
 quickstart: setup data
-	$(PY) tools/visualize_mixers.py --size 56 --out-dir runs/quickstart
+	$(PY) -m openmix.cli bench configs/grids/quickstart.yaml --runs-dir runs --parallel 2 --last 1
+
+bench-train: setup
+	$(PY) tools/bench_train.py
 
 bench-mixers: setup
 	$(PY) tools/bench_mixers.py

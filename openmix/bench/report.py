@@ -60,19 +60,29 @@ def _float(text: str) -> float | None:
     return float(text) if text not in ("", None) else None
 
 
-def read_metrics(path: Path) -> tuple[list[int], dict[str, list[float]]]:
-    """Per-epoch values of the validation metrics and of training images/s from a Lightning CSV log."""
+def metric_logs(directory: Path) -> list[Path]:
+    """A run's CSV logs in order: the attempts before resumes (``metrics.before-N.csv``), then ``metrics.csv``."""
+    before = sorted(directory.glob("metrics.before-*.csv"), key=lambda p: int(p.stem.rsplit("-", 1)[1]))
+    return [*before, *([directory / "metrics.csv"] if (directory / "metrics.csv").is_file() else [])]
+
+
+def read_metrics(*paths: Path) -> tuple[list[int], dict[str, list[float]]]:
+    """Per-epoch values of the validation metrics and of training images/s from Lightning CSV logs (later files
+    override earlier ones for the same epoch: a resumed run repeats the epoch it was interrupted in)."""
     per_epoch: dict[int, dict[str, float]] = defaultdict(dict)
-    with open(path, newline="") as stream:
-        for row in csv.DictReader(stream):
-            if not row.get("epoch"):
-                continue
-            epoch = int(float(row["epoch"]))
-            for key, text in row.items():
-                if key.startswith("val/") or key == "train/images_per_sec":
-                    value = _float(text)
-                    if value is not None:
-                        per_epoch[epoch][key] = value
+    rows = []
+    for path in paths:
+        with open(path, newline="") as stream:
+            rows += list(csv.DictReader(stream))
+    for row in rows:
+        if not row.get("epoch"):
+            continue
+        epoch = int(float(row["epoch"]))
+        for key, text in row.items():
+            if key.startswith("val/") or key == "train/images_per_sec":
+                value = _float(text)
+                if value is not None:
+                    per_epoch[epoch][key] = value
     epochs = sorted(e for e in per_epoch if "val/top1" in per_epoch[e])
     keys = sorted({key for e in epochs for key in per_epoch[e]})
     return epochs, {key: [per_epoch[e][key] for e in epochs if key in per_epoch[e]] for key in keys}
@@ -83,10 +93,10 @@ def load_runs(runs_dir: str | Path) -> list[RunResult]:
     results = []
     for record_path in sorted(Path(runs_dir).rglob("run.json")):
         record = json.loads(record_path.read_text())
-        metrics = record_path.parent / "metrics.csv"
-        if record.get("status") != "done" or not metrics.is_file():
+        logs = metric_logs(record_path.parent)
+        if record.get("status") != "done" or not logs:
             continue
-        epochs, curves = read_metrics(metrics)
+        epochs, curves = read_metrics(*logs)
         if not epochs:
             continue
         labels = record.get("labels") or {"run": record_path.parent.name}
@@ -130,6 +140,8 @@ def summarise(results: list[RunResult], baseline: dict[str, str] | None = None, 
     if base is None:
         base = next((m for m in methods if "vanilla" in m.labels.values()), None)
     base_top1 = [run.final("val/top1") * 100 for run in base.runs] if base else []
+    if base is not None:  # the baseline row first, then the methods in the order their runs were found
+        methods = [base] + [m for m in methods if m is not base]
     rows = []
     for method in methods:
         top1 = [run.final("val/top1") * 100 for run in method.runs]
@@ -153,8 +165,11 @@ def summarise(results: list[RunResult], baseline: dict[str, str] | None = None, 
     return rows
 
 
-def _pm(mean: float, std: float, digits: int = 2) -> str:
-    return "-" if math.isnan(mean) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+def _pm(mean: float, std: float, digits: int = 2, seeds: int = 2) -> str:
+    """``mean ± std``; the mean alone for a single seed (no spread to report)."""
+    if math.isnan(mean):
+        return "-"
+    return f"{mean:.{digits}f}" if seeds < 2 else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
 def markdown_table(rows: list[dict], last: int = 10) -> str:
@@ -169,10 +184,12 @@ def markdown_table(rows: list[dict], last: int = 10) -> str:
             if row["baseline"]
             else ("-" if math.isnan(row["delta_top1"]) else f"{row['delta_top1']:+.2f} {row['marker']}".strip())
         )
+        n = row["seeds"]
         lines.append(
-            f"| {row['method']} | {row['seeds']} | {_pm(row['top1'], row['top1_std'])} | "
-            f"{_pm(row['top1_median_last'], row['top1_median_last_std'])} | {_pm(row['top5'], row['top5_std'])} | "
-            f"{_pm(row['nll'], row['nll_std'], 3)} | {_pm(row['ece'], row['ece_std'])} | {delta} | "
+            f"| {row['method']} | {n} | {_pm(row['top1'], row['top1_std'], 2, n)} | "
+            f"{_pm(row['top1_median_last'], row['top1_median_last_std'], 2, n)} | "
+            f"{_pm(row['top5'], row['top5_std'], 2, n)} | {_pm(row['nll'], row['nll_std'], 3, n)} | "
+            f"{_pm(row['ece'], row['ece_std'], 2, n)} | {delta} | "
             f"{row['wall_time_s']:.0f} | {row['images_per_sec']:.0f} | {row['peak_rss_mb']:.0f} |"
         )
     lines.append("")
@@ -196,6 +213,7 @@ def plot(results: list[RunResult], rows: list[dict], out_dir: Path) -> list[Path
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     methods = group_methods(results)
     paths = [out_dir / "curves.png", out_dir / "top1_bars.png", out_dir / "top1_vs_cost.png"]
@@ -209,6 +227,7 @@ def plot(results: list[RunResult], rows: list[dict], out_dir: Path) -> list[Path
         axis.plot(epochs, means, marker="o", label=method.method)
         axis.fill_between(epochs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)], alpha=0.2)
     axis.set(xlabel="epoch", ylabel="validation top-1 (%)", title="accuracy per epoch (mean ± std over seeds)")
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.legend(fontsize=8)
     figure.savefig(paths[0], dpi=120)
     plt.close(figure)

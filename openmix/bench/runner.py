@@ -2,7 +2,8 @@
 
 Each run lives in ``RUNS_DIR/<grid name>/<run name>/``:
 
-- ``metrics.csv``: per-epoch (and per-step) metrics from the CSV logger;
+- ``metrics.csv``: per-epoch (and per-step) metrics from the CSV logger (``metrics.before-N.csv``: the logs of the
+  attempts before a resume, which the report reads first);
 - ``config.yaml``: the resolved config, saved by LightningCLI;
 - ``checkpoints/``: ``last.ckpt`` and the best one;
 - ``run.json``: written when the process ends: status, wall time, peak memory (max RSS of the process), command;
@@ -81,10 +82,23 @@ def command(grid: Grid, run: Run, directory: Path) -> list[str]:
     return args
 
 
+def keep_previous_log(directory: Path) -> Path | None:
+    """Move ``metrics.csv`` aside as ``metrics.before-N.csv`` before a resume (Lightning's CSV logger deletes an
+    existing one): the epochs logged before the interruption stay in the report."""
+    log = directory / "metrics.csv"
+    if not log.is_file():
+        return None
+    kept = directory / f"metrics.before-{len(list(directory.glob('metrics.before-*.csv'))) + 1}.csv"
+    log.rename(kept)
+    return kept
+
+
 def execute(grid: Grid, run: Run, directory: Path, threads: int) -> dict[str, Any]:
     """Run one fit process to its end; record status, wall time and peak memory in ``run.json``."""
     directory.mkdir(parents=True, exist_ok=True)
     args = command(grid, run, directory)
+    if any(arg.startswith("--ckpt_path") for arg in args):
+        keep_previous_log(directory)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
     start = time.perf_counter()
     with open(directory / "output.log", "a") as log:
