@@ -1,11 +1,14 @@
-"""Training-step throughput: MixClassifier under Lightning against a bare PyTorch loop with timm's Mixup.
+"""Training-step throughput: MixClassifier under Lightning against a bare PyTorch loop with timm's Mixup, and the
+cost of an AutoMix step against a mixup step.
 
 Both sides train the same timm model (same architecture, same initial weights) on the same in-memory batches
 with SGD and a mixed soft-target cross entropy: openmix through ``Trainer.fit`` (mixer ``mixup``, the default
 warm-up + cosine schedule, a CSV logger, as a user runs it), the reference as a ten-line loop around
 ``timm.data.Mixup`` and ``timm.loss.SoftTargetCrossEntropy``. Each run trains ``--steps`` steps after
-``--warmup`` untimed ones; runs alternate (ours, theirs, ours, ...) so machine noise hits both alike, and the
-ratio (our images/s over theirs) is computed per pair and then medianed.
+``--warmup`` untimed ones; runs alternate (ours, theirs, AutoMix, ours, ...) so machine noise hits all alike, and
+each ratio is computed per round and then medianed. The AutoMix rows train ``AutoMixClassifier`` (Mix Block,
+momentum network, clean one-hot loss) on the same backbone and batches; their cost is mixup's images/s over
+AutoMix's, with the clean one-hot loss (the default) and without it (``clean_loss_weight=0``).
 
 Reproduce (from the repository root)::
 
@@ -33,7 +36,7 @@ from timm.data import Mixup as TimmMixup
 from timm.loss import SoftTargetCrossEntropy
 from torch.utils.data import DataLoader
 
-from openmix.lightning import MixClassifier
+from openmix.lightning import AutoMixClassifier, MixClassifier
 
 MODEL = {"backbone": "resnet18", "cifar_stem": True, "backbone_kwargs": {"channels": (32, 64, 128, 256)}}
 
@@ -105,19 +108,27 @@ def run_reference(model: torch.nn.Module, batches: list, warmup: int) -> float:
 
 def measure(args: argparse.Namespace) -> dict[str, list[float]]:
     batches = make_batches(args)
+    torch.manual_seed(0)
     template = MixClassifier(num_classes=10, in_chans=3, mixer="mixup", **MODEL)
-    results: dict[str, list[float]] = {"openmix": [], "reference": [], "ratio": []}
+    automix = AutoMixClassifier(num_classes=10, in_chans=3, **MODEL)
+    automix_no_clean = AutoMixClassifier(num_classes=10, in_chans=3, clean_loss_weight=0.0, **MODEL)
+    results: dict[str, list[float]] = {key: [] for key in ("openmix", "reference", "automix", "automix_no_clean")}
     for _ in range(args.repeats):
-        ours = run_openmix(copy.deepcopy(template), batches, args.warmup)
-        theirs = run_reference(copy.deepcopy(template.network), batches, args.warmup)
-        results["openmix"].append(ours)
-        results["reference"].append(theirs)
-        results["ratio"].append(ours / theirs)
+        results["openmix"].append(run_openmix(copy.deepcopy(template), batches, args.warmup))
+        results["reference"].append(run_reference(copy.deepcopy(template.network), batches, args.warmup))
+        results["automix"].append(run_openmix(copy.deepcopy(automix), batches, args.warmup))
+        results["automix_no_clean"].append(run_openmix(copy.deepcopy(automix_no_clean), batches, args.warmup))
+    results["ratio"] = [ours / theirs for ours, theirs in zip(results["openmix"], results["reference"])]
+    results["automix_cost"] = [mixup / auto for mixup, auto in zip(results["openmix"], results["automix"])]
+    results["automix_no_clean_cost"] = [
+        mixup / auto for mixup, auto in zip(results["openmix"], results["automix_no_clean"])
+    ]
     return results
 
 
 def report(args: argparse.Namespace, results: dict[str, list[float]]) -> str:
     ratio = statistics.median(results["ratio"])
+    cost = statistics.median(results["automix_cost"])
     lines = [
         "# Training-step throughput: MixClassifier vs a bare PyTorch loop with timm's Mixup",
         "",
@@ -132,10 +143,18 @@ def report(args: argparse.Namespace, results: dict[str, list[float]]) -> str:
         "|---|---:|",
         f"| openmix MixClassifier + mixup (Lightning) | {statistics.median(results['openmix']):.1f} |",
         f"| bare loop + timm Mixup | {statistics.median(results['reference']):.1f} |",
+        f"| openmix AutoMixClassifier (Mix Block + momentum network + clean loss) | "
+        f"{statistics.median(results['automix']):.1f} |",
+        f"| openmix AutoMixClassifier without the clean one-hot loss | "
+        f"{statistics.median(results['automix_no_clean']):.1f} |",
         "",
-        f"Ratio (ours / reference, per pair, median): **{ratio:.3f}** "
-        f"({'pass' if ratio >= 0.95 else 'FAIL'}: target >= 0.95). Per pair: "
+        f"Ratio (ours / reference, per round, median): **{ratio:.3f}** "
+        f"({'pass' if ratio >= 0.95 else 'FAIL'}: target >= 0.95). Per round: "
         + ", ".join(f"{r:.3f}" for r in results["ratio"]),
+        "",
+        f"AutoMix step cost (mixup images/s over AutoMix images/s, per round, median): **{cost:.2f}x** "
+        f"({'pass' if cost <= 2.2 else 'FAIL'}: target <= 2.2x); without the clean one-hot loss: "
+        f"{statistics.median(results['automix_no_clean_cost']):.2f}x.",
     ]
     return "\n".join(lines) + "\n"
 

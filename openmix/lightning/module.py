@@ -85,6 +85,8 @@ class MixClassifier(L.LightningModule):
         seed: seed of the mixing RNG; each step reseeds it from (seed, step), so a resumed run mixes the same way.
     """
 
+    trains_learned_mixers = False  # subclasses with a pipeline for learned mixers (AutoMix) set True
+
     def __init__(
         self,
         backbone: str = "resnet18",
@@ -120,6 +122,9 @@ class MixClassifier(L.LightningModule):
         if channels_last:  # weights too: a channels-last input meeting contiguous weights costs reorders
             self.network = self.network.to(memory_format=torch.channels_last)
         self.mixer = None if mixer is None else create_mixer(mixer, **(mixer_kwargs or {}))
+        trained_by = getattr(self.mixer, "trained_by", None)
+        if trained_by is not None and not self.trains_learned_mixers:
+            raise ValueError(f"mixer {mixer!r} is learned during training: use the model class {trained_by}")
         self.objective = OBJECTIVES[objective](smoothing=label_smoothing, **(objective_kwargs or {}))
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -147,11 +152,15 @@ class MixClassifier(L.LightningModule):
         off_epoch = self.hparams.mix_off_epoch
         return self.mixer is not None and (off_epoch is None or self.current_epoch < off_epoch)
 
-    def mix(self, x: Tensor, y: Tensor) -> MixOutput:
-        """Mix a training batch, or return it unmixed (lam = 1) when mixing is off or skipped for this batch."""
-        # reseeded per step, and per rank unless partners are drawn across ranks: reproducible after a resume
+    def reseed_mixing(self) -> None:
+        """Reseed the mixing RNG from (seed, step), and the rank unless partners are drawn across ranks: a resumed
+        run mixes exactly as an uninterrupted one."""
         rank = 0 if self.hparams.pairing_scope == "global" else self.global_rank
         self.mixing_generator.manual_seed(self.hparams.seed * 1_000_003 + self.global_step * 1_009 + rank)
+
+    def mix(self, x: Tensor, y: Tensor) -> MixOutput:
+        """Mix a training batch, or return it unmixed (lam = 1) when mixing is off or skipped for this batch."""
+        self.reseed_mixing()
         skip = torch.rand((), generator=self.mixing_generator) >= self.hparams.mix_prob
         if not self.mixing_active() or bool(skip):
             return MixOutput.identity(x, y)
@@ -227,8 +236,12 @@ class MixClassifier(L.LightningModule):
                 experiment.log({"train/lam": wandb.Histogram(lams.numpy()), "epoch": self.current_epoch})
 
     # ----- optimisation -------------------------------------------------------------------------------------------
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """What the optimizer trains (subclasses add groups, e.g. AutoMix's Mix Block with its own rate)."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = self.optimizer_factory(self.parameters())
+        optimizer = self.optimizer_factory(self.parameter_groups())
         scheduler = self.scheduler_factory(optimizer)
         if hasattr(scheduler, "set_total_steps"):  # schedules that need the run's length get it from the trainer
             total = int(self.trainer.estimated_stepping_batches)

@@ -2,6 +2,7 @@
 
 from openmix.mixers import (  # noqa: F401  (registration side effect)
     attentivemix,
+    automix,
     cutmix,
     fmix,
     mixup,

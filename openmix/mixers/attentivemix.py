@@ -122,9 +122,7 @@ class AttentiveMix(Mixer):
         """(n, grid * grid) channel-mean activation of each cell."""
         if self.extractor_size is not None:
             images = F.interpolate(images, size=(self.extractor_size,) * 2, mode="bilinear", align_corners=False)
-        parameter = next(network.parameters(), None)
-        if parameter is not None:  # e.g. a float32 extractor on a float16 batch
-            images = images.to(parameter.dtype)
+        images = F_mix.to_network_dtype(network, images)
         was_training = network.training
         network.eval()  # no batch-norm statistics updates from the extra pass
         try:

@@ -167,8 +167,16 @@ def blend(x: Tensor, index: Tensor, weight: Tensor | float, inplace: bool = Fals
     partners = gather_partners(x, index)
     if isinstance(weight, Tensor):
         weight = weight.to(device=x.device, dtype=x.dtype)
+        if weight.requires_grad:  # a learned mask (AutoMix): keep the graph, no out= buffer
+            return torch.lerp(partners, x, weight)
     # lerp(start, end, w) = start + w * (end - start): exact at w = 0 and w = 1.
     return torch.lerp(partners, x, weight, out=x if inplace else partners)
+
+
+def to_network_dtype(network: torch.nn.Module, images: Tensor) -> Tensor:
+    """``images`` in the dtype of ``network``'s parameters (e.g. a float32 extractor on a float16 batch)."""
+    parameter = next(network.parameters(), None)
+    return images if parameter is None else images.to(parameter.dtype)
 
 
 def lam_to_weight(lam: Tensor, mode: str, x: Tensor) -> Tensor | float:

@@ -1,0 +1,151 @@
+"""AutoMixClassifier: MixClassifier with AutoMix's momentum pipeline (Liu et al., ECCV 2022).
+
+Each training step draws two (lambda, permutation) pairs from the Mix Block:
+
+1. the *block* pair trains the Mix Block through the momentum (EMA) copy of the network: the mixed batch goes
+   through the frozen EMA network, its mixed loss plus the mask loss reach the block through the mask;
+2. the *online* pair trains the online network on the mixed batch with the mask detached, plus a clean one-hot
+   loss; draws within ``lam_margin`` of 0 or 1 fall back to plain mixup (the Mix Block does that itself).
+
+After every optimiser step the EMA network follows the online one with a momentum that rises on a cosine from
+``momentum`` to ``momentum_end`` over the run. Choose it in YAML with
+``model: {class_path: openmix.lightning.AutoMixClassifier}``; every MixClassifier argument applies.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from openmix.lightning.module import MixClassifier
+from openmix.mixers import MixOutput
+from openmix.mixers.automix import AutoMix, intermediate_features
+
+
+class AutoMixClassifier(MixClassifier):
+    """MixClassifier trained with a learned Mix Block and a momentum network.
+
+    Args:
+        momentum: EMA momentum at the start of training.
+        momentum_end: EMA momentum at the end (cosine schedule in between).
+        mask_loss_weight: weight of the Mix Block's mask loss (its mean must track lambda).
+        clean_loss_weight: weight of the clean one-hot loss of the online network (0 skips its forward pass).
+        mix_block_lr: learning rate of the Mix Block's parameter group (``None``: the optimizer's). The block is a
+            few 1x1 convolutions fed by one loss term, so it can take a larger rate than the network.
+        mixer: a learned mixer (default ``automix``); ``mixer_kwargs`` configure it (e.g. ``{alpha: 2.0}``).
+        **kwargs: every :class:`~openmix.lightning.MixClassifier` argument.
+    """
+
+    trains_learned_mixers = True
+
+    def __init__(
+        self,
+        momentum: float = 0.999,
+        momentum_end: float = 0.999999,
+        mask_loss_weight: float = 0.1,
+        clean_loss_weight: float = 1.0,
+        mix_block_lr: float | None = None,
+        mixer: str = "automix",
+        mixer_kwargs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ):
+        super().__init__(mixer=mixer, mixer_kwargs=mixer_kwargs, **kwargs)
+        if not 0.0 <= momentum <= momentum_end <= 1.0:
+            raise ValueError(f"need 0 <= momentum <= momentum_end <= 1, got {momentum} and {momentum_end}")
+        if mask_loss_weight < 0 or clean_loss_weight < 0:
+            raise ValueError("mask_loss_weight and clean_loss_weight must be >= 0")
+        if not isinstance(self.mixer, AutoMix):
+            raise ValueError(f"AutoMixClassifier trains a learned Mix Block; mixer {mixer!r} is not one")
+        if self.hparams.pairing_scope != "local":
+            raise ValueError("AutoMixClassifier mixes each rank's own batch: pairing_scope must be 'local'")
+        self.ema_network = copy.deepcopy(self.network).requires_grad_(False).eval()
+        self.build_mix_block()
+        self.current_momentum = momentum
+
+    def build_mix_block(self) -> None:
+        """Create the Mix Block's weights now (their size comes from the network's features), before the optimiser."""
+        if self.mixer.built:
+            return
+        probe = torch.zeros(1, self.hparams.in_chans, 64, 64)
+        with torch.no_grad():
+            features = intermediate_features(self.ema_network, probe, self.mixer.feature_stage)
+        self.mixer.build(features.shape[1])
+
+    def train(self, mode: bool = True) -> AutoMixClassifier:
+        super().train(mode)
+        self.ema_network.eval()  # batch-norm of the momentum network uses (EMA-copied) running statistics
+        return self
+
+    def mixer_context(self) -> dict[str, Any]:
+        return {"model": self.ema_network}  # the Mix Block reads the momentum network's features
+
+    def block_losses(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, MixOutput]:
+        """The Mix Block's mixed loss through the momentum network, and its mask loss (gradients reach the block
+        through the mask only: the momentum network is frozen)."""
+        block = self.mixer(x, y, generator=self.mixing_generator, model=self.ema_network)
+        return self.objective(self.ema_network(block.x), block), self.mixer.mask_loss(block.mask), block
+
+    def online_losses(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, MixOutput]:
+        """The online network's mixed loss on a second draw with the mask detached, plus the clean one-hot loss;
+        returns (loss, mixed logits, mix)."""
+        with torch.no_grad():
+            online = self.mixer(x, y, generator=self.mixing_generator, model=self.ema_network)
+        online = replace(online, x=online.x.detach(), mask=online.mask.detach())
+        clean_weight = self.hparams.clean_loss_weight
+        logits = self(torch.cat([x, online.x]) if clean_weight > 0 else online.x)
+        mixed_logits = logits[-x.shape[0] :]
+        loss = self.objective(mixed_logits, online)
+        if clean_weight > 0:
+            smoothing = self.hparams.label_smoothing
+            loss = loss + clean_weight * F.cross_entropy(logits[: x.shape[0]], y, label_smoothing=smoothing)
+        return loss, mixed_logits, online
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        if not self.mixing_active():
+            return super().training_step(batch, batch_idx)
+        self.reseed_mixing()
+        block_loss, mask_loss, _ = self.block_losses(x, y)  # 1. trains the Mix Block
+        online_loss, mixed_logits, online = self.online_losses(x, y)  # 2. trains the online network
+        loss = online_loss + block_loss + self.hparams.mask_loss_weight * mask_loss
+        batch_size = x.shape[0]
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch_size)
+        self.log("train/top1", self.mixed_accuracy(mixed_logits, online), on_epoch=True, batch_size=batch_size)
+        self.log("train/mask_loss", mask_loss, on_epoch=True, batch_size=batch_size)
+        self.log("train/block_loss", block_loss, on_epoch=True, batch_size=batch_size)
+        self.log("train/momentum", self.current_momentum, on_epoch=True, batch_size=batch_size)
+        self.train_lams.append(online.lam.detach().cpu())
+        self._epoch_images += batch_size
+        return loss
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """The network's parameters, and the Mix Block's as their own group (with ``mix_block_lr`` if set)."""
+        block = {"params": list(self.mixer.parameters())}
+        if self.hparams.mix_block_lr is not None:
+            block["lr"] = self.hparams.mix_block_lr
+        return [{"params": [p for p in self.network.parameters() if p.requires_grad]}, block]
+
+    def momentum_at(self, step: int) -> float:
+        """Cosine rise from ``momentum`` (step 0) to ``momentum_end`` (last step)."""
+        start, end = self.hparams.momentum, self.hparams.momentum_end
+        total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer else 1
+        progress = min(1.0, step / total)
+        return end - (end - start) * (math.cos(math.pi * progress) + 1) / 2
+
+    @torch.no_grad()
+    def update_ema(self, momentum: float) -> None:
+        """ema = momentum * ema + (1 - momentum) * online for parameters; buffers (BN statistics) are copied."""
+        for ema, online in zip(self.ema_network.parameters(), self.network.parameters()):
+            ema.mul_(momentum).add_(online.detach(), alpha=1 - momentum)
+        for ema, online in zip(self.ema_network.buffers(), self.network.buffers()):
+            ema.copy_(online)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.current_momentum = self.momentum_at(self.global_step)
+        self.update_ema(self.current_momentum)
