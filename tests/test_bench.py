@@ -214,3 +214,32 @@ def test_a_killed_grid_loses_no_finished_run_and_continues(tmp_path):
     for directory in directories:
         assert (directory / "config.yaml").is_file() and (directory / "metrics.csv").is_file()
     assert (runs_dir / "tiny" / "results.md").is_file()
+
+
+def test_axis_values_may_stack_config_files(tmp_path):
+    (tmp_path / "extra.yaml").write_text("model:\n  init_args:\n    mixer: cutmix\n")
+    grid = load_grid(write_grid(tmp_path, axes={"mixer": {"cutmix": {"config": "extra.yaml"}}}))
+    run = grid.runs()[0]
+    assert run.configs[-1] == (tmp_path / "extra.yaml").resolve() and "config" not in run.overrides
+    args = command(grid, run, tmp_path / "runs" / run.name)
+    assert args[args.index(str(run.configs[-1])) - 1] == "--config"
+    with pytest.raises(FileNotFoundError, match="axis config files not found"):
+        load_grid(write_grid(tmp_path, axes={"mixer": {"x": {"config": "nope.yaml"}}}))
+
+
+def test_wandb_runs_of_a_grid_share_one_group(tmp_path):
+    grid = load_grid(write_grid(tmp_path, name="cifar_grid", wandb=True, axes={"seed": [0, 1]}))
+    for run in grid.runs():
+        args = command(grid, run, tmp_path / run.name)
+        loggers = json.loads(next(a for a in args if a.startswith("--trainer.logger=")).split("=", 1)[1])
+        wandb = [spec for spec in loggers if spec["class_path"].endswith("WandbLogger")]
+        assert wandb and wandb[0]["init_args"]["group"] == "cifar_grid" and wandb[0]["init_args"]["name"] == run.name
+        assert any(spec["class_path"].endswith("CSVLogger") for spec in loggers)
+
+
+@pytest.mark.parametrize("grid_file", sorted((ROOT / "configs" / "grids").glob("*.yaml")), ids=lambda p: p.stem)
+def test_committed_grids_expand(grid_file):
+    grid = load_grid(grid_file)
+    runs = grid.runs()
+    assert runs and grid.baseline == {"mixer": "vanilla"}
+    assert {run.labels["mixer"] for run in runs} >= {"vanilla", "mixup", "cutmix", "fmix"}

@@ -110,7 +110,10 @@ def main(argv: list[str] | None = None) -> None:
     except FileNotFoundError as error:
         sys.exit(f"error: {error}")
     images = upsample(images, args.size, args.interpolation)
-    names = args.mixers or openmix.list_mixers()
+    # learned mixers (AutoMix) draw nothing meaningful untrained: they are left out unless named
+    names = args.mixers or [
+        n for n in openmix.list_mixers() if not getattr(openmix.get_mixer_entry(n).cls, "trained_by", None)
+    ]
     args.out_dir.mkdir(parents=True, exist_ok=True)
     options = {"mode": args.mode, "seed": args.seed, "outline": not args.no_outline, "class_names": CLASS_NAMES}
     for name in names:

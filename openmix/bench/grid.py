@@ -9,9 +9,10 @@ A grid file (YAML)::
     args:                             # overrides for every run: dotted config keys
       trainer.max_epochs: 2
     axes:
-      mixer:                          # a named axis: label -> overrides
+      mixer:                          # a named axis: label -> overrides ("config": files stacked after the base)
         vanilla: {model.init_args.mixer: null}
         mixup: {model.init_args.mixer: mixup}
+        cutmix: {config: ../mixers/cifar/cutmix.yaml}
       seed: [0, 1, 2]                 # a list axis; "seed" sets every seed (Lightning, model, data)
       model.init_args.label_smoothing: [0.0, 0.1]   # a list axis on any config key
     baseline: {mixer: vanilla}        # the row the report compares against (optional)
@@ -64,11 +65,17 @@ class Grid:
         runs = []
         for choice in itertools.product(*(self.axes[name].items() for name in names)):
             labels = {name: label for name, (label, _) in zip(names, choice)}
-            overrides = dict(self.args)
+            configs, overrides = list(self.configs), dict(self.args)
             for _, values in choice:
+                values = dict(values)
+                configs += [self.path.parent.joinpath(c).resolve() for c in _as_list(values.pop("config", []))]
                 overrides.update(values)
-            runs.append(Run(labels, self.configs, overrides))
+            runs.append(Run(labels, tuple(configs), overrides))
         return runs
+
+
+def _as_list(value: Any) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)
 
 
 def _label(value: Any) -> str:
@@ -101,6 +108,10 @@ def load_grid(path: str | Path) -> Grid:
     if missing:
         raise FileNotFoundError(f"{path}: base config files not found: {missing}")
     axes = {str(name): _axis(str(name), axis) for name, axis in (spec.get("axes") or {}).items()}
+    extra = [path.parent / c for axis in axes.values() for v in axis.values() for c in _as_list(v.get("config", []))]
+    missing = [str(config) for config in extra if not config.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{path}: axis config files not found: {missing}")
     baseline = {str(k): str(v) for k, v in (spec.get("baseline") or {}).items()}
     for axis, label in baseline.items():
         if axis not in axes or label not in axes[axis]:

@@ -85,17 +85,23 @@ class AutoMixClassifier(MixClassifier):
     def mixer_context(self) -> dict[str, Any]:
         return {"model": self.ema_network}  # the Mix Block reads the momentum network's features
 
-    def block_losses(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, MixOutput]:
+    def batch_features(self, x: Tensor) -> Tensor:
+        """The momentum network's features of the batch, computed once per step for both draws."""
+        return self.mixer.features(x, self.ema_network)
+
+    def block_losses(self, x: Tensor, y: Tensor, features: Tensor | None = None) -> tuple[Tensor, Tensor, MixOutput]:
         """The Mix Block's mixed loss through the momentum network, and its mask loss (gradients reach the block
         through the mask only: the momentum network is frozen)."""
-        block = self.mixer(x, y, generator=self.mixing_generator, model=self.ema_network)
+        features = self.batch_features(x) if features is None else features
+        block = self.mixer(x, y, generator=self.mixing_generator, features=features)
         return self.objective(self.ema_network(block.x), block), self.mixer.mask_loss(block.mask), block
 
-    def online_losses(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, MixOutput]:
+    def online_losses(self, x: Tensor, y: Tensor, features: Tensor | None = None) -> tuple[Tensor, Tensor, MixOutput]:
         """The online network's mixed loss on a second draw with the mask detached, plus the clean one-hot loss;
         returns (loss, mixed logits, mix)."""
+        features = self.batch_features(x) if features is None else features
         with torch.no_grad():
-            online = self.mixer(x, y, generator=self.mixing_generator, model=self.ema_network)
+            online = self.mixer(x, y, generator=self.mixing_generator, features=features)
         online = replace(online, x=online.x.detach(), mask=online.mask.detach())
         clean_weight = self.hparams.clean_loss_weight
         logits = self(torch.cat([x, online.x]) if clean_weight > 0 else online.x)
@@ -111,8 +117,9 @@ class AutoMixClassifier(MixClassifier):
         if not self.mixing_active():
             return super().training_step(batch, batch_idx)
         self.reseed_mixing()
-        block_loss, mask_loss, _ = self.block_losses(x, y)  # 1. trains the Mix Block
-        online_loss, mixed_logits, online = self.online_losses(x, y)  # 2. trains the online network
+        features = self.batch_features(x)
+        block_loss, mask_loss, _ = self.block_losses(x, y, features)  # 1. trains the Mix Block
+        online_loss, mixed_logits, online = self.online_losses(x, y, features)  # 2. trains the online network
         loss = online_loss + block_loss + self.hparams.mask_loss_weight * mask_loss
         batch_size = x.shape[0]
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch_size)

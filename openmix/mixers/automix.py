@@ -31,8 +31,8 @@ from openmix.mixers._registry import register_mixer
 
 def intermediate_features(network: nn.Module, images: Tensor, stage: int) -> Tensor:
     """(n, C, h, w) output of stage ``stage`` of a timm model (``forward_intermediates``), else the module's output."""
-    if hasattr(network, "forward_intermediates"):
-        return network.forward_intermediates(images, indices=[stage], intermediates_only=True)[0]
+    if hasattr(network, "forward_intermediates"):  # stop after the stage: the rest of the network is not needed
+        return network.forward_intermediates(images, indices=[stage], intermediates_only=True, stop_early=True)[0]
     features = network(images)
     if not isinstance(features, Tensor) or features.dim() != 4:
         raise ValueError(f"the feature network must return a (n, C, h, w) map, got {type(features).__name__}")
@@ -99,7 +99,9 @@ class AutoMix(Mixer):
         if isinstance(binary_weight, bool) or not isinstance(binary_weight, (int, float)) or binary_weight < 0:
             raise ValueError(f"binary_weight must be a number >= 0, got {binary_weight!r}")
         self.extractor = extractor
-        self.requires = ("model",) if extractor is None else ()
+        # call-time inputs: the feature network (unless built with one) and, optionally, features a trainer has
+        # already computed for this batch (AutoMixClassifier reuses them for its two draws)
+        self.requires = ("model", "features") if extractor is None else ("features",)
         self.feature_stage = feature_stage
         self.reduction = reduction
         self.lam_embedding = bool(lam_embedding)
@@ -154,16 +156,18 @@ class AutoMix(Mixer):
         self, x: Tensor, index: Tensor, lam: Tensor | None, generator: torch.Generator | None, **context: Any
     ) -> tuple[Tensor, Tensor, Tensor]:
         batch_size, _, height, width = x.shape
+        features = context.get("features")
         network = self.extractor if self.extractor is not None else context.get("model")
-        if network is None:
-            raise ValueError("automix built without an extractor needs the feature network: call it with model=...")
+        if features is None and network is None:
+            raise ValueError("automix built without an extractor needs model=... (or features=...) at call time")
         target = self.draw_lam(lam, batch_size, generator)  # (B,) float64 CPU
         self.last_target_lam = target.float().to(x.device)  # what mask_loss compares the mask with
         near_edge = (target <= self.lam_margin) | (target >= 1 - self.lam_margin)
         if bool(near_edge.all()):  # plain mixup: a constant mask of lambda
             mask = target.float().to(x.device).view(-1, 1, 1, 1).expand(-1, 1, height, width).contiguous()
         else:
-            mask = 1.0 - self.partner_mask(self.features(x, network), index, self.last_target_lam, (height, width))
+            features = self.features(x, network) if features is None else features.detach().float()
+            mask = 1.0 - self.partner_mask(features, index, self.last_target_lam, (height, width))
             constant = target.float().to(x.device).view(-1, 1, 1, 1).expand_as(mask)
             mask = torch.where(near_edge.to(x.device).view(-1, 1, 1, 1), constant, mask)
         weight = mask.detach() if self.inplace else mask  # an in-place mix cannot carry gradients
