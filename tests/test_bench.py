@@ -214,6 +214,10 @@ def test_a_killed_grid_loses_no_finished_run_and_continues(tmp_path):
     for directory in directories:
         assert (directory / "config.yaml").is_file() and (directory / "metrics.csv").is_file()
     assert (runs_dir / "tiny" / "results.md").is_file()
+    assert (runs_dir / "tiny" / "grid.yaml").read_text() == grid_path.read_text()
+    environment = json.loads((runs_dir / "tiny" / "environment.json").read_text())
+    assert environment["torch"] and environment["command"].startswith("openmix bench")
+    assert "Made by `openmix bench" in (runs_dir / "tiny" / "results.md").read_text()
 
 
 def test_axis_values_may_stack_config_files(tmp_path):

@@ -262,6 +262,14 @@ def report(
     out.mkdir(parents=True, exist_ok=True)
     rows = summarise(results, baseline, last)
     table = markdown_table(rows, last)
+    environment_file = Path(runs_dir) / "environment.json"
+    if environment_file.is_file():  # written by `openmix bench`: how the table was made
+        env = json.loads(environment_file.read_text())
+        table += (
+            f"\nMade by `{env['command']}` on {env['date_utc']}: torch {env['torch']}, lightning {env['lightning']}, "
+            f"timm {env['timm']}, Python {env['python']}; {env['cpu']} ({env['cpu_count']} cores"
+            f"{', GPU ' + env['gpu'] if env.get('gpu') else ''}), {env['parallel_runs']} run(s) at a time.\n"
+        )
     (out / "results.md").write_text(table)
     write_csv(rows, out / "results.csv")
     plot(results, rows, out)

@@ -117,12 +117,51 @@ def execute(grid: Grid, run: Run, directory: Path, threads: int) -> dict[str, An
     return record
 
 
+def environment(parallel: int) -> dict[str, Any]:
+    """What a reader needs to reproduce a grid: versions, processor, threads, command line, date."""
+    import platform
+    from datetime import datetime, timezone
+
+    import lightning
+    import timm
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    if Path("/proc/cpuinfo").is_file():
+        names = [
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ]
+        cpu = names[0] if names else cpu
+    return {
+        "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(["openmix", *sys.argv[1:]])
+        if sys.argv and sys.argv[0].endswith(("openmix", "cli.py"))
+        else " ".join(sys.argv),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "lightning": lightning.__version__,
+        "timm": timm.__version__,
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "parallel_runs": parallel,
+    }
+
+
 def run_grid(grid: Grid, runs_dir: str | Path = "runs", parallel: int = 1, dry_run: bool = False) -> list[Path]:
-    """Run every unfinished run of ``grid``; returns the run folders (finished ones included)."""
+    """Run every unfinished run of ``grid``; returns the run folders (finished ones included). The grid folder
+    also gets a copy of the grid file and ``environment.json`` (updated at every start)."""
     if parallel < 1:
         raise ValueError(f"parallel must be >= 1, got {parallel}")
     runs = grid.runs()
     directories = [run_directory(runs_dir, grid, run) for run in runs]
+    if not dry_run:
+        grid_dir = Path(runs_dir) / grid.name
+        grid_dir.mkdir(parents=True, exist_ok=True)
+        (grid_dir / "grid.yaml").write_text(grid.path.read_text())
+        (grid_dir / "environment.json").write_text(json.dumps(environment(parallel), indent=2))
     pending = [(run, d) for run, d in zip(runs, directories) if not is_done(d)]
     print(f"grid {grid.name}: {len(runs)} runs, {len(runs) - len(pending)} already done, {len(pending)} to run")
     if dry_run:
