@@ -16,65 +16,30 @@ Reproduce the pictures of docs/mixers.md (from the repository root):
 from __future__ import annotations
 
 import argparse
-import gzip
 import sys
 from pathlib import Path
 
 import matplotlib
 import matplotlib.pyplot as plt
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 import openmix
+from openmix.lightning.data import FASHION_MNIST_CLASSES, load_fashion_mnist
 from openmix.viz import render_grid
 
 matplotlib.use("Agg")  # files only, no display needed
 
-CLASS_NAMES = (
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-)
 DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
 
 
-def read_idx(path: Path, count: int) -> np.ndarray:
-    """The first ``count`` items of a gzipped idx file (big-endian header: 0, 0, dtype code, ndim; then dims)."""
-    with gzip.open(path, "rb") as stream:
-        magic = stream.read(4)
-        if len(magic) != 4 or magic[:2] != b"\x00\x00" or magic[2] != 0x08:
-            raise ValueError(f"{path} is not an unsigned-byte idx file (header {magic!r})")
-        dims = np.frombuffer(stream.read(4 * magic[3]), dtype=">i4").tolist()
-        count = min(count, dims[0])
-        item_size = int(np.prod(dims[1:], dtype=np.int64))
-        data = np.frombuffer(stream.read(count * item_size), dtype=np.uint8)
-    return data.reshape(count, *dims[1:])
-
-
-def load_fashion_mnist(root: str | Path, n: int, split: str = "t10k") -> tuple[Tensor, Tensor]:
+def load_images(root: str | Path, n: int, split: str = "t10k") -> tuple[Tensor, Tensor]:
     """The first ``n`` images of a split as ((n, 1, 28, 28) float32 in [0, 1], (n,) int64 labels)."""
     if split not in ("train", "t10k"):
         raise ValueError(f"split must be 'train' or 't10k', got {split!r}")
-    root = Path(root)
-    paths = [root / f"{split}-images-idx3-ubyte.gz", root / f"{split}-labels-idx1-ubyte.gz"]
-    missing = [str(path) for path in paths if not path.is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"Fashion-MNIST files not found: {', '.join(missing)}. Pass --data-root with the original idx .gz files "
-            "(the Debian package dataset-fashion-mnist installs them in /usr/share/datasets/fashion-mnist)."
-        )
-    images = torch.from_numpy(read_idx(paths[0], n).copy()).float().div_(255).unsqueeze(1)  # (n, 1, 28, 28)
-    labels = torch.from_numpy(read_idx(paths[1], n).astype(np.int64))  # (n,)
-    return images, labels
+    images, labels = load_fashion_mnist(root, train=split == "train")
+    return torch.from_numpy(images[:n].copy()).float().div_(255).unsqueeze(1), torch.from_numpy(labels[:n].copy())
 
 
 def upsample(images: Tensor, size: int, interpolation: str = "nearest") -> Tensor:
@@ -106,7 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
-        images, labels = load_fashion_mnist(args.data_root, args.num, args.split)
+        images, labels = load_images(args.data_root, args.num, args.split)
     except FileNotFoundError as error:
         sys.exit(f"error: {error}")
     images = upsample(images, args.size, args.interpolation)
@@ -115,7 +80,12 @@ def main(argv: list[str] | None = None) -> None:
         n for n in openmix.list_mixers() if not getattr(openmix.get_mixer_entry(n).cls, "trained_by", None)
     ]
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    options = {"mode": args.mode, "seed": args.seed, "outline": not args.no_outline, "class_names": CLASS_NAMES}
+    options = {
+        "mode": args.mode,
+        "seed": args.seed,
+        "outline": not args.no_outline,
+        "class_names": FASHION_MNIST_CLASSES,
+    }
     for name in names:
         fig = render_grid(images, labels, [name], **options)
         fig.savefig(args.out_dir / f"{name}.png", dpi=110, bbox_inches="tight", pad_inches=0.05)

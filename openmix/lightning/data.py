@@ -573,8 +573,7 @@ class FashionMNISTData(InMemoryClassificationData):
         root: folder with the idx files (raw or .gz), directly (Debian package ``dataset-fashion-mnist``) or under
             ``FashionMNIST/raw`` (torchvision's layout).
         download: fetch the files with torchvision into ``root/FashionMNIST/raw`` if they are missing.
-        batch_size, num_workers, pin_memory, augment, seed, val_batch_size, limit_train, limit_val, drop_last:
-            see :class:`ClassificationData`.
+        **kwargs: the loader options of :class:`ClassificationData` (batch_size, num_workers, ...).
     """
 
     NUM_CLASSES, IN_CHANS, IMAGE_SIZE = 10, 1, 28
@@ -584,19 +583,9 @@ class FashionMNISTData(InMemoryClassificationData):
         self,
         root: str = "/usr/share/datasets/fashion-mnist",
         download: bool = False,
-        batch_size: int = 128,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        augment: bool = True,
-        seed: int = 0,
-        val_batch_size: int | None = None,
-        limit_train: int | None = None,
-        limit_val: int | None = None,
-        drop_last: bool = True,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            batch_size, num_workers, pin_memory, augment, seed, val_batch_size, limit_train, limit_val, drop_last
-        )
+        super().__init__(**kwargs)
         self.root, self.download = root, download
         self.save_hyperparameters()
 
@@ -625,8 +614,7 @@ class CIFARData(InMemoryClassificationData):
     Args:
         root: folder holding ``cifar-10-batches-py`` / ``cifar-100-python`` (or the batches directly).
         download: fetch and extract the archive with torchvision's CIFAR class if the batches are missing.
-        batch_size, num_workers, pin_memory, augment, seed, val_batch_size, limit_train, limit_val, drop_last:
-            see :class:`ClassificationData`.
+        **kwargs: the loader options of :class:`ClassificationData` (batch_size, num_workers, ...).
     """
 
     IN_CHANS, IMAGE_SIZE, PADDING = 3, 32, 4
@@ -636,19 +624,9 @@ class CIFARData(InMemoryClassificationData):
         self,
         root: str = "data/cifar",
         download: bool = False,
-        batch_size: int = 128,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        augment: bool = True,
-        seed: int = 0,
-        val_batch_size: int | None = None,
-        limit_train: int | None = None,
-        limit_val: int | None = None,
-        drop_last: bool = True,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            batch_size, num_workers, pin_memory, augment, seed, val_batch_size, limit_train, limit_val, drop_last
-        )
+        super().__init__(**kwargs)
         self.root, self.download = root, download
         self.save_hyperparameters()
 
@@ -699,8 +677,7 @@ class TinyImageNetData(ClassificationData):
     Args:
         root: the ``tiny-imagenet-200`` folder, or a folder containing it.
         image_size: side of the network's input.
-        batch_size, num_workers, pin_memory, augment, seed, val_batch_size, limit_train, limit_val, drop_last:
-            see :class:`ClassificationData`.
+        **kwargs: the loader options of :class:`ClassificationData` (batch_size, num_workers, ...).
     """
 
     NUM_CLASSES, NATIVE_SIZE = 200, 64
@@ -709,19 +686,9 @@ class TinyImageNetData(ClassificationData):
         self,
         root: str = "data/tiny-imagenet-200",
         image_size: int = 64,
-        batch_size: int = 128,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        augment: bool = True,
-        seed: int = 0,
-        val_batch_size: int | None = None,
-        limit_train: int | None = None,
-        limit_val: int | None = None,
-        drop_last: bool = True,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            batch_size, num_workers, pin_memory, augment, seed, val_batch_size, limit_train, limit_val, drop_last
-        )
+        super().__init__(**kwargs)
         self.root, self._image_size = root, image_size
         self.save_hyperparameters()
 
@@ -760,8 +727,7 @@ class ImageNetData(ClassificationData):
     Args:
         root: folder holding ``train/`` and ``val/``, one sub-folder per class in each.
         image_size: side of the network's input.
-        batch_size, num_workers, pin_memory, augment, seed, val_batch_size, limit_train, limit_val, drop_last:
-            see :class:`ClassificationData`.
+        **kwargs: the loader options of :class:`ClassificationData` (batch_size, num_workers, ...).
     """
 
     NUM_CLASSES, CROP_RATIO = 1000, 0.875
@@ -770,19 +736,9 @@ class ImageNetData(ClassificationData):
         self,
         root: str = "data/imagenet",
         image_size: int = 224,
-        batch_size: int = 128,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        augment: bool = True,
-        seed: int = 0,
-        val_batch_size: int | None = None,
-        limit_train: int | None = None,
-        limit_val: int | None = None,
-        drop_last: bool = True,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            batch_size, num_workers, pin_memory, augment, seed, val_batch_size, limit_train, limit_val, drop_last
-        )
+        super().__init__(**kwargs)
         self.root, self._image_size = root, image_size
         self.save_hyperparameters()
 
