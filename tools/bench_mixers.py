@@ -61,8 +61,9 @@ TORCHVISION_LABELS = {"mixup": "torchvision v2.MixUp", "cutmix": "torchvision v2
 # openmix mixer -> the reference family it is compared with (timm and torchvision implement only these two)
 COUNTERPARTS = {"mixup": "mixup", "cutmix": "cutmix"}
 NOTES = (
-    "attentivemix runs with a tiny extractor, Conv2d(3, 8, kernel_size=3, stride=8), so that the extractor's cost "
-    "is negligible and the timing measures the mixing itself.",
+    "attentivemix and automix run with a tiny extractor, Conv2d(3, 8, kernel_size=3, stride=8), so that the "
+    "extractor's cost is negligible and the timing measures the mixing itself; for automix (an untrained Mix Block) "
+    "that gives a 28 x 28 feature map at 224 px, and its (784 x 784) attention per sample dominates the time.",
     "randomchoice is a composition: mixup (alpha 0.8) or CutMix (alpha 1.0), chosen per call with probability 0.5; "
     "its median mixes the two.",
     "timm's Mixup works in place and needs an even batch (odd batches skip it); timm and torchvision also return "
@@ -144,7 +145,7 @@ def synchronize(device: torch.device) -> None:
 
 
 def tiny_extractor() -> nn.Module:
-    """A 3 -> 8 channel 3x3 conv with stride 8: attentivemix's attention costs next to nothing."""
+    """A 3 -> 8 channel 3x3 conv with stride 8: the feature network of attentivemix and automix in this benchmark."""
     return nn.Conv2d(3, 8, kernel_size=3, stride=8)
 
 
