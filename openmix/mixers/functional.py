@@ -40,11 +40,21 @@ def sample_uniform(low: float, high: float, n: int, generator: torch.Generator |
     return low + (high - low) * draws
 
 
+def _uniform(n: int, generator: torch.Generator | None) -> np.ndarray:
+    """(n,) float64 draws from U[0, 1) made by the torch RNG, as a NumPy array (small-array arithmetic is cheaper
+    in NumPy than in torch)."""
+    return torch.rand(n, generator=generator, dtype=torch.float64, device=_rng_device(generator)).cpu().numpy()
+
+
+def _sample_int(high: np.ndarray | int, n: int, generator: torch.Generator | None) -> np.ndarray:
+    high = np.asarray(high, dtype=np.float64)
+    return np.minimum(np.floor(_uniform(n, generator) * high), np.maximum(high - 1, 0)).astype(np.int64)
+
+
 def sample_int(high: Tensor | int, n: int, generator: torch.Generator | None = None) -> Tensor:
     """(n,) int64 CPU draws uniform in {0, ..., high - 1}; ``high`` may be a (n,) tensor of per-draw bounds."""
-    high = torch.as_tensor(high, dtype=torch.float64)
-    draws = torch.rand(n, generator=generator, dtype=torch.float64, device=_rng_device(generator)).cpu()
-    return torch.minimum((draws * high).floor(), (high - 1).clamp(min=0)).long()
+    high = high.double().numpy() if isinstance(high, Tensor) else high
+    return torch.from_numpy(_sample_int(high, n, generator))
 
 
 def partner_index(batch_size: int, pairing: str = "random", generator: torch.Generator | None = None) -> Tensor:
@@ -90,17 +100,18 @@ def boxes_from_ratio(
     extends ``side // 2`` each way from it, then is clipped. Clipping shrinks the box, so callers recompute
     lambda from the area with :func:`box_lam`.
     """
+    ratio = ratio.double().cpu().numpy()
     n = ratio.shape[0]
-    cut_h = (height * ratio).floor().long()  # int(H * ratio), as the reference code truncates
-    cut_w = (width * ratio).floor().long()
+    half_h = np.floor(height * ratio).astype(np.int64) // 2  # int(H * ratio) // 2, as the reference code
+    half_w = np.floor(width * ratio).astype(np.int64) // 2
     if centers is None:
-        centers = torch.stack([sample_int(height, n, generator), sample_int(width, n, generator)], dim=1)
-    center_y, center_x = centers[:, 0].long().cpu(), centers[:, 1].long().cpu()
-    top = (center_y - cut_h // 2).clamp(0, height)
-    bottom = (center_y + cut_h // 2).clamp(0, height)
-    left = (center_x - cut_w // 2).clamp(0, width)
-    right = (center_x + cut_w // 2).clamp(0, width)
-    return torch.stack([top, bottom, left, right], dim=1)
+        center_y, center_x = _sample_int(height, n, generator), _sample_int(width, n, generator)
+    else:
+        center_y, center_x = (centers[:, k].long().cpu().numpy() for k in (0, 1))
+    boxes = np.stack(
+        [center_y - half_h, center_y + half_h, center_x - half_w, center_x + half_w], axis=1
+    )  # [top, bottom, left, right]
+    return torch.from_numpy(np.clip(boxes, 0, [height, height, width, width]))
 
 
 def boxes_from_lam(lam: Tensor, height: int, width: int, generator: torch.Generator | None = None) -> Tensor:
@@ -113,21 +124,26 @@ def boxes_from_minmax(
 ) -> Tensor:
     """(n, 4) boxes with sides drawn uniformly in [min, max) of the image sides, placed fully inside the image."""
     low, high = minmax
-    cut_h = int(height * low) + sample_int(max(int(height * high) - int(height * low), 1), n, generator)
-    cut_w = int(width * low) + sample_int(max(int(width * high) - int(width * low), 1), n, generator)
-    top = sample_int(height - cut_h + 1, n, generator)
-    left = sample_int(width - cut_w + 1, n, generator)
-    return torch.stack([top, top + cut_h, left, left + cut_w], dim=1)
+    cut_h = int(height * low) + _sample_int(max(int(height * high) - int(height * low), 1), n, generator)
+    cut_w = int(width * low) + _sample_int(max(int(width * high) - int(width * low), 1), n, generator)
+    top = _sample_int(height - cut_h + 1, n, generator)
+    left = _sample_int(width - cut_w + 1, n, generator)
+    return torch.from_numpy(np.stack([top, top + cut_h, left, left + cut_w], axis=1))
 
 
 def box_lam(boxes: Tensor, height: int, width: int) -> Tensor:
     """(n,) float64 share of the image outside each box: the lambda of sample i after pasting."""
-    area = (boxes[:, 1] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 2]).clamp(min=0)
-    return 1.0 - area.double() / (height * width)
+    sides = np.clip(boxes.cpu().numpy()[:, [1, 3]] - boxes.cpu().numpy()[:, [0, 2]], 0, None)
+    return torch.from_numpy(1.0 - (sides[:, 0] * sides[:, 1]) / (height * width))
 
 
 def box_keep_mask(boxes: Tensor, height: int, width: int, device: torch.device | str = "cpu") -> Tensor:
     """(n, 1, H, W) float32 mask, 0 inside the box and 1 outside (where sample i keeps its own pixel)."""
+    if boxes.shape[0] == 1:  # one box: two writes instead of a broadcast over the grid
+        top, bottom, left, right = boxes[0].tolist()
+        mask = torch.ones(1, 1, height, width, device=device)
+        mask[..., top:bottom, left:right] = 0.0
+        return mask
     boxes = boxes.to(device)
     rows = torch.arange(height, device=device).view(1, -1)
     cols = torch.arange(width, device=device).view(1, -1)
