@@ -667,7 +667,26 @@ def _first(dataset: Dataset, limit: int | None) -> Dataset:
     return dataset if limit is None or limit >= len(dataset) else Subset(dataset, range(limit))
 
 
-class TinyImageNetData(ClassificationData):
+class FolderClassificationData(ClassificationData):
+    """Base of the image-folder datasets (Tiny-ImageNet, ImageNet): a root folder and the network's input side.
+
+    Args:
+        root: the dataset folder.
+        image_size: side of the network's input.
+        **kwargs: the loader options of :class:`ClassificationData` (batch_size, num_workers, ...).
+    """
+
+    def __init__(self, root: str, image_size: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.root, self._image_size = root, image_size
+
+    @property
+    def image_size(self) -> int:
+        """Side of the network's input."""
+        return self._image_size
+
+
+class TinyImageNetData(FolderClassificationData):
     """Tiny-ImageNet-200 (200 classes, 3 x 64 x 64 JPEGs) from its zip layout, see :class:`TinyImageNetFolder`.
 
     Training: ``RandomResizedCrop(image_size)`` + horizontal flip; evaluation: resized to ``image_size`` when it is
@@ -682,14 +701,8 @@ class TinyImageNetData(ClassificationData):
 
     NUM_CLASSES, NATIVE_SIZE = 200, 64
 
-    def __init__(
-        self,
-        root: str = "data/tiny-imagenet-200",
-        image_size: int = 64,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        self.root, self._image_size = root, image_size
+    def __init__(self, root: str = "data/tiny-imagenet-200", image_size: int = 64, **kwargs: Any) -> None:
+        super().__init__(root, image_size, **kwargs)
         self.save_hyperparameters()
 
     @property
@@ -699,11 +712,6 @@ class TinyImageNetData(ClassificationData):
             return len(read_wnids(self.root))
         except FileNotFoundError:
             return self.NUM_CLASSES
-
-    @property
-    def image_size(self) -> int:
-        """Side of the network's input."""
-        return self._image_size
 
     def build_dataset(self, train: bool, limit: int | None) -> Dataset:
         """The train or val split with its transform."""
@@ -717,7 +725,7 @@ class TinyImageNetData(ClassificationData):
         return _first(dataset, limit)
 
 
-class ImageNetData(ClassificationData):
+class ImageNetData(FolderClassificationData):
     """ImageNet (ILSVRC-2012) as two ``ImageFolder`` trees, ``root/train/<wnid>/*`` and ``root/val/<wnid>/*``.
 
     Training: ``RandomResizedCrop(image_size)`` + horizontal flip; evaluation: resize the short side to
@@ -732,14 +740,8 @@ class ImageNetData(ClassificationData):
 
     NUM_CLASSES, CROP_RATIO = 1000, 0.875
 
-    def __init__(
-        self,
-        root: str = "data/imagenet",
-        image_size: int = 224,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        self.root, self._image_size = root, image_size
+    def __init__(self, root: str = "data/imagenet", image_size: int = 224, **kwargs: Any) -> None:
+        super().__init__(root, image_size, **kwargs)
         self.save_hyperparameters()
 
     @property
@@ -749,11 +751,6 @@ class ImageNetData(ClassificationData):
         if not train_dir.is_dir():
             return self.NUM_CLASSES
         return sum(1 for entry in train_dir.iterdir() if entry.is_dir())
-
-    @property
-    def image_size(self) -> int:
-        """Side of the network's input."""
-        return self._image_size
 
     def build_dataset(self, train: bool, limit: int | None) -> Dataset:
         """``ImageFolder`` over ``root/train`` or ``root/val`` with its transform."""
