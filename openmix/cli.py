@@ -31,6 +31,22 @@ TRAINER_DEFAULTS = {
 }
 
 
+class LearningRateLogger(LearningRateMonitor):
+    """Lightning's LearningRateMonitor, silent when the run has no logger (``--trainer.logger false``)."""
+
+    def on_train_start(self, trainer, *args, **kwargs) -> None:  # noqa: ANN001
+        if trainer.loggers:
+            super().on_train_start(trainer, *args, **kwargs)
+
+    def on_train_batch_start(self, trainer, *args, **kwargs) -> None:  # noqa: ANN001
+        if trainer.loggers:
+            super().on_train_batch_start(trainer, *args, **kwargs)
+
+    def on_train_epoch_start(self, trainer, *args, **kwargs) -> None:  # noqa: ANN001
+        if trainer.loggers:
+            super().on_train_epoch_start(trainer, *args, **kwargs)
+
+
 class OpenmixCLI(LightningCLI):
     """LightningCLI with openmix's defaults: Fashion-MNIST data, last + best checkpoints, learning-rate logging."""
 
@@ -48,7 +64,7 @@ class OpenmixCLI(LightningCLI):
         )
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
         parser.link_arguments("data.in_chans", "model.init_args.in_chans", apply_on="instantiate")
-        parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        parser.add_lightning_class_args(LearningRateLogger, "lr_monitor")
         parser.set_defaults({"lr_monitor.logging_interval": "epoch"})
 
 

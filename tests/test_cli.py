@@ -171,3 +171,16 @@ def test_ddp_on_two_cpu_processes(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     metrics = list(tmp_path.rglob("metrics.csv"))
     assert metrics and any(row.get("val/top1") for row in csv.DictReader(open(metrics[0])))
+
+
+@needs_fmnist
+@pytest.mark.slow
+def test_validate_test_and_predict_from_a_checkpoint(tmp_path):
+    args = [*TINY_MODEL, *TINY_DATA, f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false"]
+    cli("fit", *args, "--trainer.max_epochs=1", f"--checkpoint.dirpath={tmp_path / 'ckpt'}")
+    checkpoint = tmp_path / "ckpt" / "last.ckpt"
+    for command in ("validate", "test"):
+        result = cli(command, *args, f"--ckpt_path={checkpoint}")
+        assert "top1" in result.stdout + result.stderr
+    result = cli("predict", *args, f"--ckpt_path={checkpoint}", check=False)
+    assert result.returncode == 0, result.stderr[-1500:]

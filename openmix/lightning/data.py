@@ -527,6 +527,10 @@ class ClassificationData(L.LightningDataModule, abc.ABC):
         """The validation loader: the held-out labelled split doubles as the test set."""
         return self.val_dataloader()
 
+    def predict_dataloader(self) -> DataLoader:
+        """The held-out split again, for ``openmix predict`` (class probabilities per image)."""
+        return self.val_dataloader()
+
     def _loader(self, dataset: Dataset, batch_size: int, sampler: EpochSampler | None, drop_last: bool) -> DataLoader:
         return DataLoader(
             dataset,
