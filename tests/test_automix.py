@@ -150,3 +150,40 @@ def test_mask_mean_tracks_lambda_on_fashion_mnist():
     margin = model.mixer.mask_margin
     assert (first <= margin).float().mean() < 0.6, "the untrained block should not already track lambda"
     assert (last <= margin + 0.02).float().mean() > 0.9
+
+
+@pytest.mark.parametrize(
+    "kwargs, pattern",
+    [
+        ({"momentum": 0.9999, "momentum_end": 0.999}, "momentum"),
+        ({"momentum": 1.5, "momentum_end": 1.5}, "momentum"),
+        ({"mask_loss_weight": -1.0}, "mask_loss_weight"),
+        ({"pairing_scope": "global"}, "pairing_scope"),
+    ],
+)
+def test_automix_classifier_rejects_bad_arguments(kwargs, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        tiny_automix(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, pattern",
+    [
+        ({"reduction": 0}, "reduction"),
+        ({"upsampling": "cubic"}, "upsampling"),
+        ({"mask_margin": 1.5}, "mask_margin"),
+        ({"lam_margin": 0.6}, "lam_margin"),
+        ({"binary_weight": -1.0}, "binary_weight"),
+        ({"extractor": "resnet18"}, "extractor must be an nn.Module"),
+    ],
+)
+def test_mix_block_rejects_bad_arguments(kwargs, pattern):
+    with pytest.raises((ValueError, TypeError), match=pattern):
+        openmix.create_mixer("automix", **kwargs)
+
+
+def test_mix_block_without_a_network_says_what_it_needs():
+    mixer = openmix.create_mixer("automix")
+    x, y = batch(4)
+    with pytest.raises(ValueError, match="model="):
+        mixer(x, y, lam=0.5)

@@ -247,3 +247,11 @@ def test_committed_grids_expand(grid_file):
     runs = grid.runs()
     assert runs and grid.baseline == {"mixer": "vanilla"}
     assert {run.labels["mixer"] for run in runs} >= {"vanilla", "mixup", "cutmix", "fmix"}
+
+
+def test_run_grid_rejects_a_bad_parallel_count(tmp_path):
+    from openmix.bench import run_grid
+
+    grid = load_grid(write_grid(tmp_path, axes={"seed": [0]}))
+    with pytest.raises(ValueError, match="parallel must be >= 1"):
+        run_grid(grid, tmp_path / "runs", parallel=0)
