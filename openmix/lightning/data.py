@@ -553,6 +553,25 @@ class InMemoryClassificationData(ClassificationData):
     MEAN: tuple[float, ...] = ()
     STD: tuple[float, ...] = ()
     PADDING = 4
+    TORCHVISION_CLASS: type[datasets.VisionDataset] | None = None  # fetches the files when ``download``
+
+    def __init__(self, root: str, download: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.root, self.download = root, download
+
+    @abc.abstractmethod
+    def locate_split(self, train: bool) -> Any:
+        """Find the files of a split on disk; ``FileNotFoundError`` when they are missing."""
+
+    def prepare_data(self) -> None:
+        """With ``download``, fetch the missing splits with torchvision (once per node)."""
+        if not self.download:
+            return
+        for train in (True, False):
+            try:
+                self.locate_split(train)
+            except FileNotFoundError:
+                self.TORCHVISION_CLASS(self.root, train=train, download=True)
 
     @abc.abstractmethod
     def load_arrays(self, train: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -583,25 +602,14 @@ class FashionMNISTData(InMemoryClassificationData):
     NUM_CLASSES, IN_CHANS, IMAGE_SIZE = 10, 1, 28
     MEAN, STD, PADDING = (0.2860,), (0.3530,), 2
 
-    def __init__(
-        self,
-        root: str = "/usr/share/datasets/fashion-mnist",
-        download: bool = False,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        self.root, self.download = root, download
+    TORCHVISION_CLASS = datasets.FashionMNIST
+
+    def __init__(self, root: str = "/usr/share/datasets/fashion-mnist", download: bool = False, **kwargs: Any) -> None:
+        super().__init__(root, download, **kwargs)
         self.save_hyperparameters()
 
-    def prepare_data(self) -> None:
-        """With ``download``, fetch the missing splits with torchvision (once per node)."""
-        if not self.download:
-            return
-        for train in (True, False):
-            try:
-                fashion_mnist_files(self.root, train)
-            except FileNotFoundError:
-                datasets.FashionMNIST(self.root, train=train, download=True)
+    def locate_split(self, train: bool) -> tuple[Path, Path]:
+        return fashion_mnist_files(self.root, train)
 
     def load_arrays(self, train: bool) -> tuple[np.ndarray, np.ndarray]:
         """Read the split with :func:`load_fashion_mnist`."""
@@ -624,25 +632,12 @@ class CIFARData(InMemoryClassificationData):
     IN_CHANS, IMAGE_SIZE, PADDING = 3, 32, 4
     TORCHVISION_CLASS: type[datasets.VisionDataset] = datasets.CIFAR10
 
-    def __init__(
-        self,
-        root: str = "data/cifar",
-        download: bool = False,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        self.root, self.download = root, download
+    def __init__(self, root: str = "data/cifar", download: bool = False, **kwargs: Any) -> None:
+        super().__init__(root, download, **kwargs)
         self.save_hyperparameters()
 
-    def prepare_data(self) -> None:
-        """With ``download``, fetch the archive with torchvision if a split is missing (once per node)."""
-        if not self.download:
-            return
-        for train in (True, False):
-            try:
-                cifar_directory(self.root, self.NUM_CLASSES, train)
-            except FileNotFoundError:
-                self.TORCHVISION_CLASS(self.root, train=train, download=True)
+    def locate_split(self, train: bool) -> Path:
+        return cifar_directory(self.root, self.NUM_CLASSES, train)
 
     def load_arrays(self, train: bool) -> tuple[np.ndarray, np.ndarray]:
         """Read the split with :func:`load_cifar`; class names from the meta file."""
