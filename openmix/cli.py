@@ -16,17 +16,26 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from jsonargparse import Namespace
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
 import openmix
+from openmix.lightning.callbacks import RunCheckpoint
 from openmix.lightning.data import ClassificationData
+from openmix.lightning.loggers import RunLogger, latest_version
 from openmix.lightning.module import MixClassifier
 
+# Logs and checkpoints of a plain `openmix fit` go to runs/lightning_logs/version_N/ (Lightning's layout under the
+# default root directory, which --trainer.default_root_dir moves).
 TRAINER_DEFAULTS = {
-    "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs"}},
+    "logger": {"class_path": "openmix.lightning.loggers.RunLogger"},
+    "default_root_dir": "runs",
     "max_epochs": 10,
 }
 
@@ -51,7 +60,7 @@ class OpenmixCLI(LightningCLI):
     """LightningCLI with openmix's defaults: Fashion-MNIST data, last + best checkpoints, learning-rate logging."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/top1",
@@ -66,6 +75,69 @@ class OpenmixCLI(LightningCLI):
         parser.link_arguments("data.in_chans", "model.init_args.in_chans", apply_on="instantiate")
         parser.add_lightning_class_args(LearningRateLogger, "lr_monitor")
         parser.set_defaults({"lr_monitor.logging_interval": "epoch"})
+
+    def before_instantiate_classes(self) -> None:
+        if self.subcommand == "fit":
+            resume_into_run_folder(self.config["fit"])
+
+    def instantiate_trainer(self, **kwargs: Any):  # noqa: ANN201
+        trainer = super().instantiate_trainer(**kwargs)
+        for logger in trainer.loggers:  # RunLogger(save_dir=None): under the trainer's root directory
+            if isinstance(logger, RunLogger) and logger.follows_trainer_root:
+                logger.set_save_dir(trainer.default_root_dir)
+        return trainer
+
+
+def _run_logger_spec(trainer_config: Any) -> Any:
+    """The config node of the first RunLogger of the trainer (a Namespace with ``init_args``), or None."""
+    loggers = trainer_config.get("logger")
+    for spec in loggers if isinstance(loggers, list) else [loggers]:
+        class_path = spec.get("class_path") if hasattr(spec, "get") else None
+        if class_path and class_path.rsplit(".", 1)[-1] == RunLogger.__name__:
+            return spec
+    return None
+
+
+def resume_into_run_folder(config: Any) -> None:
+    """Make ``fit --ckpt_path ...`` continue the run it resumes, in its own folder.
+
+    With the default logger (a RunLogger without a fixed version) a new process would open the next
+    ``version_N`` folder, where ``--ckpt_path last`` finds no checkpoint. Here the run folder is chosen first:
+    ``last`` resumes the newest ``version_N`` (starting over there when it holds no checkpoint yet, i.e. the run was
+    killed before its first validation); a checkpoint file inside ``<root>/<name>/<version>/checkpoints/`` resumes
+    that version. Logs then continue in the same ``metrics.csv`` (see :mod:`openmix.lightning.loggers`).
+    """
+    ckpt_path = config.get("ckpt_path")
+    spec = _run_logger_spec(config["trainer"])
+    if ckpt_path is None or spec is None:
+        return
+    init_args = spec.get("init_args") or {}
+    if init_args.get("version") is not None:
+        return
+    save_dir = init_args.get("save_dir") or config["trainer"].get("default_root_dir") or "."
+    name = init_args.get("name", "lightning_logs") or ""
+    versions_root = Path(save_dir) / name
+    if ckpt_path == "last":
+        version = latest_version(versions_root)
+        if version is None:
+            return
+        folder = versions_root / f"version_{version}"
+        if not (folder / "checkpoints").is_dir() and config.get("checkpoint", {}).get("dirpath") is None:
+            config["ckpt_path"] = None  # nothing to resume from yet: start over in the same folder
+            rank_zero_info(f"no checkpoint in {folder} yet: training it from the start")
+        _set_version(spec, version)
+        return
+    checkpoint = Path(ckpt_path).resolve()
+    if checkpoint.parent.name == "checkpoints" and checkpoint.parent.parent.parent == versions_root.resolve():
+        version_name = checkpoint.parent.parent.name
+        number = version_name.removeprefix("version_")
+        _set_version(spec, int(number) if number.isdigit() else version_name)
+
+
+def _set_version(spec: Any, version: int | str) -> None:
+    if spec.get("init_args") is None:
+        spec["init_args"] = Namespace()
+    spec["init_args"]["version"] = version
 
 
 def run_lightning(args: Sequence[str], run: bool = True) -> OpenmixCLI:
@@ -92,7 +164,7 @@ def list_command(args: Sequence[str]) -> None:
     for name in openmix.list_mixers(options.pattern):
         entry = openmix.get_mixer_entry(name)
         defaults = ", ".join(f"{key}={value!r}" for key, value in entry.defaults.items()) or "-"
-        network = "  [needs a network]" if entry.needs_network else ""
+        network = "  [needs a network]" if entry.needs_network else ""  # the class says so
         print(f"{name}{network}\n    defaults: {defaults}\n    paper: {entry.paper}\n    {entry.url}")
 
 

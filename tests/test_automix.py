@@ -31,7 +31,7 @@ def test_the_block_learns_from_its_mixed_loss_and_the_online_network_gets_nothin
     model = tiny_automix()
     model.train()
     x, y = batch()
-    model.reseed_mixing()
+    model.reseed_mixing(0)
     block_loss, mask_loss, _ = model.block_losses(x, y)
     block_params = list(model.mixer.parameters())
     online_params = list(model.network.parameters())
@@ -53,14 +53,15 @@ def test_training_step_combines_the_three_losses():
     model.train()
     x, y = batch()
     loss = model.training_step((x, y), 0)
-    model.reseed_mixing()  # the same step draws the same two pairs again
+    assert model.should_mix(0)  # the same batch draws the same mix decision and two pairs again
     block_loss, mask_loss, _ = model.block_losses(x, y)
     online_loss, _, _ = model.online_losses(x, y)
     torch.testing.assert_close(loss, online_loss + block_loss + 0.3 * mask_loss)
 
 
-def test_ema_update_is_exact():
-    model = tiny_automix()
+@pytest.mark.parametrize("momentum_bn", ["eval", "train"])
+def test_ema_update_is_exact(momentum_bn):
+    model = tiny_automix(momentum_bn=momentum_bn)
     with torch.no_grad():
         for parameter in model.network.parameters():
             parameter.add_(torch.randn_like(parameter))
@@ -69,8 +70,12 @@ def test_ema_update_is_exact():
     model.update_ema(0.9)
     for ema, old, new in zip(model.ema_network.parameters(), before, online):
         torch.testing.assert_close(ema, 0.9 * old + 0.1 * new, rtol=0, atol=1e-6)
-    for ema_buffer, buffer in zip(model.ema_network.buffers(), model.network.buffers()):
-        assert torch.equal(ema_buffer, buffer)
+    model.network(torch.randn(4, 1, 16, 16))  # moves the online network's batch-norm statistics
+    ema_before = [b.clone() for b in model.ema_network.buffers()]
+    model.update_ema(0.9)
+    for ema_buffer, old, buffer in zip(model.ema_network.buffers(), ema_before, model.network.buffers()):
+        # "eval": the online statistics are copied; "train" (the authors'): the momentum network keeps its own
+        assert torch.equal(ema_buffer, buffer if momentum_bn == "eval" else old)
 
 
 def test_momentum_rises_on_a_cosine(tmp_path):
@@ -108,8 +113,9 @@ def test_mask_loss_formula():
 def test_the_plain_classifier_refuses_a_learned_mixer():
     with pytest.raises(ValueError, match="AutoMixClassifier"):
         MixClassifier(**TINY, num_classes=4, in_chans=1, mixer="automix")
-    with pytest.raises(ValueError, match="is not one"):
+    with pytest.raises(ValueError, match="always trains the 'automix'"):
         AutoMixClassifier(**TINY, num_classes=4, in_chans=1, mixer="mixup")
+    assert AutoMixClassifier(**TINY, num_classes=4, in_chans=1, mixer="automix").hparams.mixer == "automix"
 
 
 def test_mix_block_has_its_own_learning_rate():

@@ -19,7 +19,7 @@ from scipy import stats
 from openmix.bench import load_grid
 from openmix.bench.grid import SEED_KEYS
 from openmix.bench.report import load_runs, markdown_table, metric_logs, read_metrics, report, summarise
-from openmix.bench.runner import command, is_done, keep_previous_log, run_directory
+from openmix.bench.runner import command, is_done, run_directory
 
 ROOT = Path(__file__).resolve().parents[1]
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -106,13 +106,12 @@ def test_read_metrics_keeps_one_value_per_epoch(tmp_path):
     assert curves["train/images_per_sec"] == [100.0, 100.0, 100.0]
 
 
-def test_logs_of_a_resumed_run_are_read_in_order(tmp_path):
-    """Before a resume the runner moves metrics.csv aside; the report reads both, the later attempt winning for
-    the epoch that was repeated."""
+def test_log_segments_of_older_runners_are_read_in_order(tmp_path):
+    """Runners before the continuous RunLogger moved metrics.csv aside at each resume; the report still reads such
+    folders, the later attempt winning for the epoch that was repeated."""
     fake_run(tmp_path, {"mixer": "a"}, [0.5, 0.6])  # the first attempt logged epochs 0 and 1
     directory = tmp_path / "mixer=a"
-    assert keep_previous_log(directory) == directory / "metrics.before-1.csv"
-    assert keep_previous_log(directory) is None  # nothing left to move
+    (directory / "metrics.csv").rename(directory / "metrics.before-1.csv")
     lines = ["epoch,step,val/top1,val/top5,val/nll,val/ece,train/images_per_sec", "1,19,0.65,0.99,0.4,0.05,"]
     lines += ["2,29,0.7,0.99,0.4,0.05,"]
     (directory / "metrics.csv").write_text("\n".join(lines) + "\n")  # the resumed attempt repeats epoch 1
@@ -238,7 +237,7 @@ def test_wandb_runs_of_a_grid_share_one_group(tmp_path):
         loggers = json.loads(next(a for a in args if a.startswith("--trainer.logger=")).split("=", 1)[1])
         wandb = [spec for spec in loggers if spec["class_path"].endswith("WandbLogger")]
         assert wandb and wandb[0]["init_args"]["group"] == "cifar_grid" and wandb[0]["init_args"]["name"] == run.name
-        assert any(spec["class_path"].endswith("CSVLogger") for spec in loggers)
+        assert any(spec["class_path"].endswith("RunLogger") for spec in loggers)
 
 
 @pytest.mark.parametrize("grid_file", sorted((ROOT / "configs" / "grids").glob("*.yaml")), ids=lambda p: p.stem)

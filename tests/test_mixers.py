@@ -56,9 +56,10 @@ def test_soft_targets_are_the_lam_mix_of_one_hots(name, generator):
     assert targets.dtype == torch.float32 and targets.shape == (6, 5)
     torch.testing.assert_close(targets.sum(dim=1), torch.ones(6))
     expected = torch.zeros(6, 5)
+    weight = out.lam if out.label_lam is None else out.label_lam  # label weight: the pixel share unless set
     for i in range(6):
-        expected[i, y[i]] += out.lam[i]
-        expected[i, y[out.index[i]]] += 1 - out.lam[i]
+        expected[i, y[i]] += weight[i]
+        expected[i, y[out.index[i]]] += 1 - weight[i]
     torch.testing.assert_close(targets, expected)
     smoothed = out.soft_targets(5, smoothing=0.1)
     torch.testing.assert_close(smoothed, expected * 0.9 + 0.1 / 5)
@@ -69,7 +70,8 @@ def test_soft_and_multi_hot_labels(name, generator):
     x = torch.randn(4, 3, 12, 12, generator=generator)
     y = torch.softmax(torch.randn(4, 6, generator=generator), dim=1)
     out = build_mixer(name, mode="elem")(x, y, generator=generator)
-    expected = out.lam[:, None] * y + (1 - out.lam[:, None]) * y[out.index]
+    weight = (out.lam if out.label_lam is None else out.label_lam)[:, None]
+    expected = weight * y + (1 - weight) * y[out.index]
     torch.testing.assert_close(out.soft_targets(6), expected)
     multi_hot = (torch.rand(4, 6, generator=generator) > 0.5).float()
     out = build_mixer(name)(x, multi_hot, generator=generator)

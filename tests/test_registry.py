@@ -34,16 +34,50 @@ def test_entries_carry_paper_link_and_valid_defaults(name):
 
 def test_defaults_are_the_papers():
     assert openmix.get_mixer_entry("mixup").defaults["alpha"] == 1.0
-    assert openmix.get_mixer_entry("fmix").defaults == {
+    fmix = openmix.get_mixer_entry("fmix").defaults
+    assert {key: fmix[key] for key in ("alpha", "decay_power", "max_soft", "reformulate")} == {
         "alpha": 1.0,
         "decay_power": 3.0,
         "max_soft": 0.0,
         "reformulate": False,
     }
     assert openmix.get_mixer_entry("resizemix").defaults["scope"] == (0.1, 0.8)
-    assert openmix.get_mixer_entry("attentivemix").defaults == {"grid": 7, "top_k": 6}
+    attentive = openmix.get_mixer_entry("attentivemix").defaults
+    assert (attentive["grid"], attentive["top_k"]) == (7, 6)
     assert openmix.get_mixer_entry("attentivemix").needs_network
     assert not openmix.get_mixer_entry("cutmix").needs_network
+
+
+@pytest.mark.parametrize("name", openmix.list_mixers())
+def test_registry_defaults_are_the_signature(name):
+    """One source of defaults: the entry reports exactly the constructor's signature defaults."""
+    entry = openmix.get_mixer_entry(name)
+    parameters = inspect.signature(entry.cls.__init__).parameters
+    expected = {key: p.default for key, p in parameters.items() if p.default is not inspect.Parameter.empty}
+    assert entry.defaults == expected
+    assert entry.needs_network == bool(getattr(entry.cls, "needs_network", False))
+
+
+def _description(module: nn.Module) -> tuple:
+    """What a mixer was built with: its class, repr and public plain attributes (children included via repr)."""
+    plain = {k: v for k, v in vars(module).items() if not k.startswith("_") and not isinstance(v, (nn.Module,))}
+    return type(module), repr(module), sorted((k, repr(v)) for k, v in plain.items())
+
+
+@pytest.mark.parametrize("name", openmix.list_mixers())
+@pytest.mark.parametrize("arguments", [{}, {"mode": "elem"}], ids=["defaults", "elem"])
+def test_create_mixer_builds_what_the_constructor_builds(name, arguments):
+    entry = openmix.get_mixer_entry(name)
+    if entry.needs_network:
+        arguments = {**arguments, "extractor": nn.Identity()} if "extractor" in entry.defaults else arguments
+    assert _description(openmix.create_mixer(name, **arguments)) == _description(entry.cls(**arguments))
+
+
+def test_randomchoice_probs_default_to_uniform_over_any_number_of_children():
+    """Regression: the registry once merged DeiT's (0.5, 0.5) over probs=None, so three children failed."""
+    mixer = openmix.create_mixer("randomchoice", mixers=["mixup", "cutmix", "fmix"])
+    assert mixer.probs == pytest.approx([1 / 3] * 3)
+    assert openmix.create_mixer("randomchoice").probs == pytest.approx([0.5, 0.5])  # DeiT's switch
 
 
 def test_create_mixer_applies_defaults_then_kwargs():
@@ -63,7 +97,7 @@ def test_duplicate_registration_raises():
 
 
 def test_registering_a_new_mixer_makes_it_available():
-    @openmix.register_mixer("identitytest", paper="none", url="https://example.org", defaults={"alpha": 1.0})
+    @openmix.register_mixer("identitytest", paper="none", url="https://example.org")
     class Identity(openmix.Mixer):
         def mix(self, x, index, lam, generator):
             lam = torch.ones(x.shape[0], dtype=torch.float64)
@@ -77,13 +111,9 @@ def test_registering_a_new_mixer_makes_it_available():
         del _registry._REGISTRY["identitytest"]
 
 
-def test_defaults_must_be_constructor_arguments():
-    with pytest.raises(ValueError, match="not arguments"):
-
-        @openmix.register_mixer("badtest", paper="x", url="https://example.org", defaults={"beta": 1})
-        class Bad(openmix.Mixer):
-            def mix(self, x, index, lam, generator):
-                return x, lam, None
+def test_registration_takes_no_second_list_of_defaults():
+    with pytest.raises(TypeError):
+        openmix.register_mixer("badtest", paper="x", url="https://example.org", defaults={"alpha": 1})
 
 
 def test_mixer_base_class_is_abstract():

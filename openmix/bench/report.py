@@ -5,7 +5,9 @@ One row per method (the runs' labels except ``seed``):
 - top-1 as mean ± std over seeds of the final epoch, and of the median of the last N epochs (OpenMixup's
   convention);
 - top-5, NLL and ECE of the final epoch (mean ± std);
-- wall time, images/s (training, mean over epochs) and peak memory (max RSS of the run's process);
+- wall time, images/s (training, mean over epochs) and peak memory, over the whole run across resumes: the training
+  process logs its cumulative wall time and its peak memory every epoch (``train/wall_time_s``,
+  ``train/peak_rss_mb``); ``run.json``'s totals over the runner's processes serve for logs without them;
 - the difference from the baseline row (vanilla) in top-1, with a Welch t-test marker: ``*`` p < 0.05,
   ``**`` p < 0.01 (``n/a`` with fewer than 2 seeds on either side).
 
@@ -60,8 +62,12 @@ def _float(text: str) -> float | None:
     return float(text) if text not in ("", None) else None
 
 
+RUN_KEYS = ("train/images_per_sec", "train/wall_time_s", "train/peak_rss_mb")  # per-epoch training statistics
+
+
 def metric_logs(directory: Path) -> list[Path]:
-    """A run's CSV logs in order: the attempts before resumes (``metrics.before-N.csv``), then ``metrics.csv``."""
+    """A run's CSV logs in order: ``metrics.csv``, after the ``metrics.before-N.csv`` segments that runners before
+    the continuous :class:`~openmix.lightning.loggers.RunLogger` left behind."""
     before = sorted(directory.glob("metrics.before-*.csv"), key=lambda p: int(p.stem.rsplit("-", 1)[1]))
     return [*before, *([directory / "metrics.csv"] if (directory / "metrics.csv").is_file() else [])]
 
@@ -79,7 +85,7 @@ def read_metrics(*paths: Path) -> tuple[list[int], dict[str, list[float]]]:
             continue
         epoch = int(float(row["epoch"]))
         for key, text in row.items():
-            if key.startswith("val/") or key == "train/images_per_sec":
+            if key.startswith("val/") or key in RUN_KEYS:
                 value = _float(text)
                 if value is not None:
                     per_epoch[epoch][key] = value
@@ -100,9 +106,9 @@ def load_runs(runs_dir: str | Path) -> list[RunResult]:
         if not epochs:
             continue
         labels = record.get("labels") or {"run": record_path.parent.name}
-        results.append(
-            RunResult(record_path.parent.name, labels, epochs, curves, record["wall_time_s"], record["peak_rss_mb"])
-        )
+        wall_time = (curves.get("train/wall_time_s") or [record["wall_time_s"]])[-1]  # cumulative: the last epoch's
+        peak_memory = max([record["peak_rss_mb"], *(curves.get("train/peak_rss_mb") or [])])
+        results.append(RunResult(record_path.parent.name, labels, epochs, curves, wall_time, peak_memory))
     return results
 
 

@@ -2,11 +2,12 @@
 
 Each run lives in ``RUNS_DIR/<grid name>/<run name>/``:
 
-- ``metrics.csv``: per-epoch (and per-step) metrics from the CSV logger (``metrics.before-N.csv``: the logs of the
-  attempts before a resume, which the report reads first);
+- ``metrics.csv``: per-epoch (and per-step) metrics, one continuous file across resumes
+  (:class:`~openmix.lightning.loggers.RunLogger`, the same mechanism as ``openmix fit --ckpt_path``);
 - ``config.yaml``: the resolved config, saved by LightningCLI;
 - ``checkpoints/``: ``last.ckpt`` and the best one;
-- ``run.json``: written when the process ends: status, wall time, peak memory (max RSS of the process), command;
+- ``run.json``: written when a process ends: status, wall time and peak memory (max RSS) summed / maxed over every
+  process of the run (``segments`` lists each one), command;
 - ``output.log``: the process's output.
 
 A run whose ``run.json`` says ``done`` is skipped; a run that has a ``last.ckpt`` but is not done (the grid was
@@ -49,7 +50,7 @@ def loggers(grid: Grid, run: Run, directory: Path) -> list[dict[str, Any]]:
     """The CSV logger writing into the run's folder, plus wandb (one group per grid) when the grid asks for it."""
     specs: list[dict[str, Any]] = [
         {
-            "class_path": "lightning.pytorch.loggers.CSVLogger",
+            "class_path": "openmix.lightning.loggers.RunLogger",
             "init_args": {"save_dir": str(directory), "name": "", "version": ""},
         }
     ]
@@ -82,34 +83,44 @@ def command(grid: Grid, run: Run, directory: Path) -> list[str]:
     return args
 
 
-def keep_previous_log(directory: Path) -> Path | None:
-    """Move ``metrics.csv`` aside as ``metrics.before-N.csv`` before a resume (Lightning's CSV logger deletes an
-    existing one): the epochs logged before the interruption stay in the report."""
-    log = directory / "metrics.csv"
-    if not log.is_file():
-        return None
-    kept = directory / f"metrics.before-{len(list(directory.glob('metrics.before-*.csv'))) + 1}.csv"
-    log.rename(kept)
-    return kept
+def previous_segments(directory: Path) -> list[dict[str, Any]]:
+    """The processes a run's ``run.json`` recorded before this one (empty for a new run)."""
+    record = directory / "run.json"
+    if not record.is_file():
+        return []
+    data = json.loads(record.read_text())
+    if "segments" in data:
+        return list(data["segments"])
+    keys = ("returncode", "wall_time_s", "peak_rss_mb")
+    return [{key: data[key] for key in keys if key in data}]  # a record written before segments existed
 
 
 def execute(grid: Grid, run: Run, directory: Path, threads: int) -> dict[str, Any]:
     """Run one fit process to its end; record status, wall time and peak memory in ``run.json``."""
     directory.mkdir(parents=True, exist_ok=True)
     args = command(grid, run, directory)
-    if any(arg.startswith("--ckpt_path") for arg in args):
-        keep_previous_log(directory)
+    segments = previous_segments(directory)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
     start = time.perf_counter()
     with open(directory / "output.log", "a") as log:
         process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
         _, status, usage = os.wait4(process.pid, 0)  # the child's own resource usage
         process.returncode = os.waitstatus_to_exitcode(status)
+    # a segment killed with the grid runner itself leaves no record; the training process logs its own cumulative
+    # wall time and peak memory into metrics.csv, which the report prefers
+    segments.append(
+        {
+            "returncode": process.returncode,
+            "wall_time_s": time.perf_counter() - start,
+            "peak_rss_mb": usage.ru_maxrss / 1024,  # Linux reports kilobytes
+        }
+    )
     record = {
         "status": "done" if process.returncode == 0 else "failed",
         "returncode": process.returncode,
-        "wall_time_s": time.perf_counter() - start,
-        "peak_rss_mb": usage.ru_maxrss / 1024,  # Linux reports kilobytes
+        "wall_time_s": sum(segment["wall_time_s"] for segment in segments),
+        "peak_rss_mb": max(segment["peak_rss_mb"] for segment in segments),
+        "segments": segments,
         "labels": run.labels,
         "command": args,
     }

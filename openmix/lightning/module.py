@@ -8,10 +8,13 @@ so no code here depends on which method is used.
 
 from __future__ import annotations
 
+import resource
+import sys
 import time
 from typing import Any
 
 import lightning as L
+import numpy as np
 import timm
 import torch
 import torch.nn.functional as F
@@ -82,7 +85,9 @@ class MixClassifier(L.LightningModule):
         scheduler: learning-rate scheduler factory, stepped every step (default warm-up + cosine).
         channels_last: run the network in channels-last memory format.
         pairing_scope: ``local`` (each rank mixes its own batch) or ``global`` (partners drawn across all ranks).
-        seed: seed of the mixing RNG; each step reseeds it from (seed, step), so a resumed run mixes the same way.
+        seed: seed of the mixing RNG; every training batch reseeds it from (seed, epoch, batch index), so each batch
+            (each batch of a gradient-accumulation window too) gets its own draws, and a resumed run mixes the same
+            way.
     """
 
     trains_learned_mixers = False  # subclasses with a pipeline for learned mixers (AutoMix) set True
@@ -137,6 +142,8 @@ class MixClassifier(L.LightningModule):
         self.train_lams: list[Tensor] = []
         self._epoch_images = 0
         self._epoch_start = 0.0
+        self._wall_time_before = 0.0  # training time of the run's earlier segments (restored from a checkpoint)
+        self._segment_start: float | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         if self.hparams.channels_last:
@@ -152,25 +159,42 @@ class MixClassifier(L.LightningModule):
         off_epoch = self.hparams.mix_off_epoch
         return self.mixer is not None and (off_epoch is None or self.current_epoch < off_epoch)
 
-    def reseed_mixing(self) -> None:
-        """Reseed the mixing RNG from (seed, step), and the rank unless partners are drawn across ranks: a resumed
-        run mixes exactly as an uninterrupted one."""
+    def reseed_mixing(self, batch_idx: int) -> None:
+        """Reseed the mixing RNG from (seed, epoch, batch index), and the rank unless partners are drawn across
+        ranks. Every training batch gets its own stream (optimizer steps would repeat draws within a
+        gradient-accumulation window), and a resumed run, which restores epoch and batch index, mixes exactly as an
+        uninterrupted one."""
         rank = 0 if self.hparams.pairing_scope == "global" else self.global_rank
-        self.mixing_generator.manual_seed(self.hparams.seed * 1_000_003 + self.global_step * 1_009 + rank)
+        entropy = [self.hparams.seed, self.current_epoch, batch_idx, rank]
+        self.mixing_generator.manual_seed(int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0]))
 
-    def mix(self, x: Tensor, y: Tensor) -> MixOutput:
-        """Mix a training batch, or return it unmixed (lam = 1) when mixing is off or skipped for this batch."""
-        self.reseed_mixing()
-        skip = torch.rand((), generator=self.mixing_generator) >= self.hparams.mix_prob
-        if not self.mixing_active() or bool(skip):
+    def should_mix(self, batch_idx: int) -> bool:
+        """Reseed the mixing RNG for this batch and draw whether it is mixed (``mix_prob``, ``mix_off_epoch``)."""
+        self.reseed_mixing(batch_idx)
+        skip = torch.rand((), generator=self.mixing_generator) >= self.hparams.mix_prob  # drawn even when off
+        return self.mixing_active() and not bool(skip)
+
+    @property
+    def needs_clean_batch(self) -> bool:
+        """Whether the step reads the clean batch after mixing it (then an in-place mixer works on a copy)."""
+        return bool(self.objective.uses_clean_batch)
+
+    def mix(self, x: Tensor, y: Tensor, batch_idx: int = 0) -> MixOutput:
+        """Mix a training batch, or return it unmixed (lam = 1) when mixing is off or skipped for this batch.
+
+        ``x`` itself is never overwritten when the step needs the clean batch afterwards, even by a mixer built with
+        ``inplace=True`` (it then mixes a copy)."""
+        if not self.should_mix(batch_idx):
             return MixOutput.identity(x, y)
+        if self.needs_clean_batch and getattr(self.mixer, "inplace", False):
+            x = x.clone()
         context = {key: value for key, value in self.mixer_context().items() if key in self.mixer.requires}
         return mix_across_ranks(self.mixer, x, y, self.mixing_generator, self.hparams.pairing_scope, **context)
 
     # ----- steps --------------------------------------------------------------------------------------------------
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
-        mix = self.mix(x, y)  # MixOutput: mixed images, partners, lambdas
+        mix = self.mix(x, y, batch_idx)  # MixOutput: mixed images, partners, lambdas
         if self.objective.uses_clean_batch:  # RegMixup: clean and mixed batch through the network together
             clean_logits, logits = self(torch.cat([x, mix.x])).split([x.shape[0], mix.x.shape[0]])
             loss = self.objective(logits, mix, clean_logits)
@@ -185,11 +209,12 @@ class MixClassifier(L.LightningModule):
 
     @staticmethod
     def mixed_accuracy(logits: Tensor, mix: MixOutput) -> Tensor:
-        """lam-weighted top-1 against both labels (class ids only; soft labels use their arg-max)."""
+        """Top-1 against both labels, weighted by the label weight (class ids; soft labels use their arg-max)."""
         prediction = logits.argmax(dim=-1)
         y_a = mix.y_a if mix.y_a.dim() == 1 else mix.y_a.argmax(dim=-1)
         y_b = mix.y_b if mix.y_b.dim() == 1 else mix.y_b.argmax(dim=-1)
-        hits = mix.lam * (prediction == y_a).float() + (1 - mix.lam) * (prediction == y_b).float()
+        weight = mix.target_lam
+        hits = weight * (prediction == y_a).float() + (1 - weight) * (prediction == y_b).float()
         return hits.mean()
 
     def evaluate(self, batch: tuple[Tensor, Tensor], stage: str) -> None:
@@ -213,6 +238,34 @@ class MixClassifier(L.LightningModule):
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
         return self(x).softmax(dim=-1)
 
+    # ----- run bookkeeping: resumable logs, wall time, memory ------------------------------------------------
+    def on_train_start(self) -> None:
+        # Training starts (or resumes) at current_epoch: rows a killed run logged for this epoch or later are
+        # repeated exactly by this run, so loggers that can drop them do (RunLogger); every epoch is logged once.
+        for logger in self.loggers:
+            discard = getattr(logger, "discard_from", None)
+            if callable(discard):
+                discard(self.current_epoch, self.global_step)
+        self._segment_start = time.perf_counter()
+
+    def run_wall_time(self) -> float:
+        """Seconds of training so far over all segments of the run (a resumed run adds its earlier segments; the
+        partial epoch a killed run lost is not counted, as it is trained again)."""
+        running = 0.0 if self._segment_start is None else time.perf_counter() - self._segment_start
+        return self._wall_time_before + running
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["openmix_run"] = {"wall_time_s": self.run_wall_time()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._wall_time_before = float(checkpoint.get("openmix_run", {}).get("wall_time_s", 0.0))
+
+    @staticmethod
+    def peak_memory_mb() -> float:
+        """Peak resident memory of this process so far, in MiB (max RSS; macOS reports bytes, Linux KiB)."""
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
     # ----- epoch bookkeeping: throughput and the lambda histogram ---------------------------------------------
     def on_train_epoch_start(self) -> None:
         self._epoch_images = 0
@@ -222,6 +275,8 @@ class MixClassifier(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         elapsed = max(time.perf_counter() - self._epoch_start, 1e-9)
         self.log("train/images_per_sec", self._epoch_images / elapsed, sync_dist=True, reduce_fx="sum")
+        self.log("train/wall_time_s", self.run_wall_time())  # cumulative over resumes: the report's wall time
+        self.log("train/peak_rss_mb", self.peak_memory_mb(), sync_dist=True, reduce_fx="max")
         if not self.train_lams:
             return
         lams = torch.cat(self.train_lams)

@@ -34,6 +34,9 @@ class MixOutput:
         y_b: labels of the partners, ``y[index]``.
         mask: ``None`` for global interpolation, else the per-pixel weight of sample i itself, (1 or B, 1, H, W)
             float32, broadcastable to ``x``.
+        label_lam: ``None``, or (B,) float32 weights of ``y_a`` in the targets when they differ from the pixel share
+            ``lam`` (AutoMix labels its mix with the sampled lambda while its mask's mean only tracks it). Read it
+            through :attr:`target_lam`.
     """
 
     x: Tensor
@@ -42,6 +45,12 @@ class MixOutput:
     y_a: Tensor
     y_b: Tensor
     mask: Tensor | None = None
+    label_lam: Tensor | None = None
+
+    @property
+    def target_lam(self) -> Tensor:
+        """(B,) weight of ``y_a`` in the targets: ``label_lam`` when set, else ``lam``."""
+        return self.lam if self.label_lam is None else self.label_lam
 
     @classmethod
     def identity(cls, x: Tensor, y: Tensor) -> MixOutput:
@@ -50,8 +59,9 @@ class MixOutput:
         return cls(x, index, torch.ones(x.shape[0], device=x.device), y, y, None)
 
     def soft_targets(self, num_classes: int, smoothing: float = 0.0) -> Tensor:
-        """(B, K) float32 rows ``lam * t(y_a) + (1 - lam) * t(y_b)``, t = (smoothed) one-hot or soft target."""
-        return mix_targets(self.y_a, self.y_b, self.lam, num_classes, smoothing)
+        """(B, K) float32 rows ``w * t(y_a) + (1 - w) * t(y_b)``, w = :attr:`target_lam`, t = (smoothed) one-hot
+        or soft target."""
+        return mix_targets(self.y_a, self.y_b, self.target_lam, num_classes, smoothing)
 
 
 def check_positive(value: Any, name: str) -> float:
@@ -123,6 +133,7 @@ class Mixer(nn.Module, abc.ABC):
     """
 
     requires: tuple[str, ...] = ()
+    needs_network: bool = False  # True when a mixer may take a network at call time (the registry reads it)
     shares_batch_mask: bool = True
     registry_name: str = ""
 

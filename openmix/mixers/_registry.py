@@ -1,4 +1,4 @@
-"""The mixer registry: one source of truth for names, papers, defaults and what each mixer needs.
+"""The mixer registry: names and papers; defaults and needs come from the classes themselves.
 
 Every mixer module registers its class with :func:`register_mixer` at import time; ``openmix.mixers`` imports
 all of them eagerly, so ``list_mixers()`` is complete as soon as ``openmix`` is imported. Tests, the benchmark
@@ -11,7 +11,7 @@ import difflib
 import fnmatch
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
@@ -26,44 +26,57 @@ class MixerEntry:
         cls: the ``nn.Module`` class that implements it.
         paper: paper title.
         url: link to the paper.
-        defaults: the paper's default hyperparameters, as keyword arguments of ``cls``.
-        needs_network: True when the mixer needs a network at call time (features, the model, an EMA copy).
-            The training module reads this (and the instance's ``requires``) instead of branching on names.
+
+    The defaults and the network need are read from the class (its signature and its ``needs_network``
+    attribute), so they cannot disagree with what ``cls(...)`` builds.
     """
 
     name: str
     cls: type[nn.Module]
     paper: str
     url: str
-    defaults: dict[str, Any] = field(default_factory=dict)
-    needs_network: bool = False
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """The default of every keyword argument of the class, from its signature (the one source of defaults)."""
+        return signature_defaults(self.cls)
+
+    @property
+    def needs_network(self) -> bool:
+        """True when the mixer may need a network at call time (features, the model, an EMA copy): the class's
+        ``needs_network`` attribute."""
+        return bool(getattr(self.cls, "needs_network", False))
+
+
+def signature_defaults(cls: type) -> dict[str, Any]:
+    """``{argument: default}`` of ``cls.__init__``, in signature order (arguments without a default left out)."""
+    parameters = inspect.signature(cls.__init__).parameters
+    return {
+        name: p.default
+        for name, p in parameters.items()
+        if name != "self" and p.default is not inspect.Parameter.empty and p.kind is not p.VAR_KEYWORD
+    }
 
 
 _REGISTRY: dict[str, MixerEntry] = {}
 
 
-def register_mixer(
-    name: str, *, paper: str, url: str, defaults: dict[str, Any] | None = None, needs_network: bool = False
-) -> Callable[[type[nn.Module]], type[nn.Module]]:
+def register_mixer(name: str, *, paper: str, url: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
     """Class decorator that adds a mixer to the registry.
+
+    The paper's default hyperparameters are the defaults of the class's signature; there is no second list.
 
     Args:
         name: registry name; must be new (a duplicate raises ``ValueError``).
         paper: paper title.
         url: link to the paper.
-        defaults: the paper's default hyperparameters; each must be a keyword argument of the class.
-        needs_network: whether the mixer needs a network at call time.
     """
     key = name.lower()
 
     def decorator(cls: type[nn.Module]) -> type[nn.Module]:
         if key in _REGISTRY:
             raise ValueError(f"mixer name {key!r} is already registered by {_REGISTRY[key].cls.__qualname__}")
-        params = inspect.signature(cls.__init__).parameters
-        unknown = sorted(set(defaults or {}) - set(params))
-        if unknown:
-            raise ValueError(f"defaults {unknown} of mixer {key!r} are not arguments of {cls.__qualname__}")
-        _REGISTRY[key] = MixerEntry(key, cls, paper, url, dict(defaults or {}), needs_network)
+        _REGISTRY[key] = MixerEntry(key, cls, paper, url)
         cls.registry_name = key
         return cls
 
@@ -91,7 +104,8 @@ def get_mixer_entry(name: str) -> MixerEntry:
 
 
 def create_mixer(name_or_module: str | nn.Module, **kwargs: Any) -> nn.Module:
-    """Build a mixer by registry name with the paper's defaults overridden by ``kwargs``, or pass a module through.
+    """Build a mixer by registry name (``cls(**kwargs)``: the signature's defaults are the paper's), or pass a
+    module through.
 
     Args:
         name_or_module: a registered name (case-insensitive) or an already built mixer module.
@@ -113,4 +127,4 @@ def create_mixer(name_or_module: str | nn.Module, **kwargs: Any) -> nn.Module:
         suggestions = {key: difflib.get_close_matches(key, allowed, n=1) for key in unknown}
         detail = ", ".join(f"{key!r}" + (f" (did you mean {s[0]!r}?)" if s else "") for key, s in suggestions.items())
         raise ValueError(f"unknown argument(s) for mixer {entry.name!r}: {detail}. Allowed: {', '.join(allowed)}")
-    return entry.cls(**{**entry.defaults, **kwargs})
+    return entry.cls(**kwargs)

@@ -18,6 +18,7 @@ lives in :class:`openmix.lightning.AutoMixClassifier`.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from openmix.mixers import functional as F_mix
-from openmix.mixers._base import Mixer
+from openmix.mixers._base import Mixer, MixOutput
 from openmix.mixers._registry import register_mixer
 
 
@@ -43,8 +44,6 @@ def intermediate_features(network: nn.Module, images: Tensor, stage: int) -> Ten
     "automix",
     paper="AutoMix: Unveiling the Power of Mixup for Stronger Classifiers (Liu et al., ECCV 2022)",
     url="https://arxiv.org/abs/2103.13027",
-    defaults={"alpha": 2.0, "reduction": 2, "mask_margin": 0.1, "lam_margin": 0.08},
-    needs_network=True,
 )
 class AutoMix(Mixer):
     """The Mix Block.
@@ -68,6 +67,7 @@ class AutoMix(Mixer):
     """
 
     shares_batch_mask = False
+    needs_network = True  # ranks cells / builds masks from a network's features
     trained_by = "openmix.lightning.AutoMixClassifier"  # its weights learn through a momentum pipeline
 
     def __init__(
@@ -151,6 +151,22 @@ class AutoMix(Mixer):
         logits = (attention @ value).transpose(1, 2).reshape(batch_size, 1, height, width)
         align = None if self.upsampling == "nearest" else False
         return torch.sigmoid(F.interpolate(logits, size=size, mode=self.upsampling, align_corners=align))
+
+    def forward(
+        self,
+        x: Tensor,
+        y: Tensor,
+        generator: torch.Generator | None = None,
+        lam: float | Tensor | None = None,
+        **context: Any,
+    ) -> MixOutput:
+        """Mix a batch (see :meth:`Mixer.forward`). ``lam`` of the output is the mean of each learned mask (the
+        contract's pixel share); the targets use the sampled lambda (``label_lam``), as in the paper (Sec. 3.2:
+        the mixed sample is labelled with lambda, the mask loss pulls the mask's mean towards it) and the authors'
+        code (OpenMixup ``openmixup/models/classifiers/automix_V1plus.py``: ``forward_k`` and ``forward_q`` build
+        the targets ``(y, y[index], lam)`` from the sampled ``lam``)."""
+        out = super().forward(x, y, generator, lam, **context)
+        return replace(out, label_lam=self.last_target_lam)
 
     def mix(
         self, x: Tensor, index: Tensor, lam: Tensor | None, generator: torch.Generator | None, **context: Any

@@ -22,7 +22,6 @@ from openmix.mixers._registry import register_mixer
     paper="CutMix: Regularization Strategy to Train Strong Classifiers with Localizable Features "
     "(Yun et al., ICCV 2019)",
     url="https://arxiv.org/abs/1905.04899",
-    defaults={"alpha": 1.0},
 )
 class CutMix(Mixer):
     """CutMix.

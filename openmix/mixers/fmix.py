@@ -29,6 +29,11 @@ def low_frequency_noise(
 ) -> Tensor:
     """(num, H, W) float32 grey-scale images whose spectrum decays as 1 / f^decay_power (Harris et al., Sec. 3).
 
+    Only the half spectrum is drawn; ``irfft2`` mirrors it but keeps just the real part of its self-conjugate
+    columns (zero frequency across the width and, for an even width, the Nyquist column), which alone would halve
+    the power of purely vertical variation. Scaling those columns by sqrt(2) makes the field distributed as (sqrt(2)
+    times) the real part of the inverse FFT of a full complex Gaussian spectrum: isotropic, at half the cost.
+
     Frequencies whose amplitude scale is below ``tolerance`` times the largest one are left at zero: with the
     default decay power 3 that drops nothing on images up to 43 px and, at 224 px, only coefficients that carry
     under 1e-6 of the noise variance, while it saves drawing and transforming most of the spectrum.
@@ -41,6 +46,9 @@ def low_frequency_noise(
     cols = torch.nonzero(freq_x <= cutoff).squeeze(1)
     magnitude = torch.sqrt(freq_x[cols].view(1, -1) ** 2 + freq_y[rows].view(-1, 1) ** 2)
     scale = magnitude.clamp(min=floor).pow(-decay_power)  # (rows, cols)
+    # columns irfft2 reads as their own conjugates (0, and W / 2 for an even W): only their real part survives
+    self_conjugate = (cols == 0) | (cols * 2 == width)
+    scale = scale * torch.where(self_conjugate, 2.0**0.5, 1.0).view(1, -1)
     noise_device = generator.device if generator is not None else torch.device(device)
     real_imag = torch.randn(num, *scale.shape, 2, generator=generator, device=noise_device).to(device)
     spectrum = torch.zeros(num, height, freq_x.numel(), dtype=torch.complex64, device=device)
@@ -116,7 +124,6 @@ def top_fraction_mask(values: Tensor, keep: Tensor, max_soft: float = 0.0, guide
     "fmix",
     paper="FMix: Enhancing Mixed Sample Data Augmentation (Harris et al., 2020)",
     url="https://arxiv.org/abs/2002.12047",
-    defaults={"alpha": 1.0, "decay_power": 3.0, "max_soft": 0.0, "reformulate": False},
 )
 class FMix(Mixer):
     """FMix.

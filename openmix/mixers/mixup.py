@@ -19,7 +19,6 @@ from openmix.mixers._registry import register_mixer
     "mixup",
     paper="mixup: Beyond Empirical Risk Minimization (Zhang et al., ICLR 2018)",
     url="https://arxiv.org/abs/1710.09412",
-    defaults={"alpha": 1.0},
 )
 class Mixup(Mixer):
     """Mixup. ``alpha`` = 1 (the paper's ImageNet and CIFAR choice is 0.2-1; OpenMixup's CIFAR tables use 1).

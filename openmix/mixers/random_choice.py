@@ -40,7 +40,6 @@ def _build_child(spec: str | Mapping[str, Any] | nn.Module, shared: dict[str, An
     "randomchoice",
     paper="Training data-efficient image transformers & distillation through attention (Touvron et al., ICML 2021)",
     url="https://arxiv.org/abs/2012.12877",
-    defaults={"mixers": DEIT_MIXERS, "probs": (0.5, 0.5)},
 )
 class RandomChoiceMixer(nn.Module):
     """Apply one of ``mixers`` per call, with probabilities ``probs``, or no mixing with ``no_mix_prob``.
@@ -83,6 +82,9 @@ class RandomChoiceMixer(nn.Module):
         self.no_mix_prob = float(no_mix_prob)
         self.shares_batch_mask = all(getattr(child, "shares_batch_mask", True) for child in self.mixers)
         self.requires = tuple(sorted({need for child in self.mixers for need in getattr(child, "requires", ())}))
+        # whether a call may overwrite its input: any child built in place (given as a module, or through `inplace`)
+        self.inplace = any(bool(getattr(child, "inplace", False)) for child in self.mixers)
+        self.needs_network = any(bool(getattr(child, "needs_network", False)) for child in self.mixers)
 
     def extra_repr(self) -> str:
         return f"probs={[round(p, 4) for p in self.probs]}, no_mix_prob={self.no_mix_prob}"

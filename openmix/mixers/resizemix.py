@@ -19,11 +19,27 @@ from openmix.mixers._base import Mixer
 from openmix.mixers._registry import register_mixer
 
 
+def _nearest_source_index(offset: Tensor, in_size: int, out_size: Tensor) -> Tensor:
+    """Source index read by output index ``offset`` when ``in_size`` pixels are resized to ``out_size`` (nearest).
+
+    The rule and the rounding of ``F.interpolate(mode="nearest")``: scale = in_size / out_size and
+    src = floor(offset * scale), both in float32 (as ATen's ``nearest_idx`` does), clamped to [0, in_size - 1].
+    Exact integer arithmetic, floor(offset * in_size / out_size), differs from it by one where float32 rounds the
+    product just below an integer (e.g. in 26, out 22, offset 11: 12, not 13). Broadcasts ``offset`` against
+    ``out_size``; offsets outside [0, out_size) clamp to the border.
+    """
+    out_float = out_size.clamp(min=1).to(torch.float32)
+    scale = torch.full_like(out_float, float(in_size)) / out_float  # a true float32 division, not a reciprocal
+    return torch.floor(offset.to(torch.float32) * scale).long().clamp(0, in_size - 1)
+
+
 def resized_partners(x: Tensor, index: Tensor, boxes: Tensor) -> Tensor:
     """(B, C, H, W): inside box i, ``x[index[i]]`` resized (nearest) to the box; outside, other pixels of it.
 
-    Output pixel (r, c) of box [top, bottom, left, right] reads source row floor((r - top) * H / h) and column
-    floor((c - left) * W / w), with h, w the box sides: the same rule as ``F.interpolate(mode="nearest")``.
+    Output pixel (r, c) of box [top, bottom, left, right] reads the partner's row ``_nearest_source_index(r - top,
+    H, h)`` and column ``_nearest_source_index(c - left, W, w)``, h, w the box sides: exactly what
+    ``F.interpolate(partner, size=(h, w), mode="nearest")`` puts there, with its float32 index rounding (which
+    ATen uses on CPU for float16, bfloat16 and float32 inputs, and on CUDA for every dtype).
     Vectorised over the batch and separable: one gather of whole rows, then one gather of columns.
     """
     batch_size, channels, height, width = x.shape
@@ -31,8 +47,8 @@ def resized_partners(x: Tensor, index: Tensor, boxes: Tensor) -> Tensor:
     top, bottom, left, right = (boxes[:, k].to(device).view(-1, 1) for k in range(4))
     rows = torch.arange(height, device=device).view(1, -1)
     cols = torch.arange(width, device=device).view(1, -1)
-    src_rows = (((rows - top) * height) // (bottom - top).clamp(min=1)).clamp(0, height - 1)  # (B, H)
-    src_cols = (((cols - left) * width) // (right - left).clamp(min=1)).clamp(0, width - 1)  # (B, W)
+    src_rows = _nearest_source_index(rows - top, height, bottom - top)  # (B, H)
+    src_cols = _nearest_source_index(cols - left, width, right - left)  # (B, W)
     partner = index.to(device).view(-1, 1)
     if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
         # rows of W * C values in (B, H, W, C) memory; columns are whole pixels
@@ -56,7 +72,6 @@ def resized_partners(x: Tensor, index: Tensor, boxes: Tensor) -> Tensor:
     "resizemix",
     paper="ResizeMix: Mixing Data with Preserved Object Information and True Labels (Qin et al., 2020)",
     url="https://arxiv.org/abs/2012.11101",
-    defaults={"scope": (0.1, 0.8)},
 )
 class ResizeMix(Mixer):
     """ResizeMix.

@@ -147,7 +147,6 @@ def saliency_peaks(images: Tensor, backend: str = "torch", max_size: int | None 
     paper="SaliencyMix: A Saliency Guided Data Augmentation Strategy for Better Regularization "
     "(Uddin et al., ICLR 2021)",
     url="https://arxiv.org/abs/2006.01791",
-    defaults={"alpha": 1.0},
 )
 class SaliencyMix(Mixer):
     """SaliencyMix.

@@ -1,0 +1,110 @@
+"""ResizeMix pastes exactly what ``F.interpolate(mode="nearest")`` makes of the partner, in both modes.
+
+The reference is PyTorch itself, called one sample at a time; nothing here uses openmix's index rule.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import box_of
+
+import openmix
+from openmix.mixers.resizemix import resized_partners
+
+MEMORY_FORMATS = [torch.contiguous_format, torch.channels_last]
+
+
+def _all_boxes(height: int, width: int, generator: torch.Generator) -> torch.Tensor:
+    """(n, 4) [top, bottom, left, right]: one box of every size h x w (1 <= h <= H, 1 <= w <= W), placed at random."""
+    sides = torch.cartesian_prod(torch.arange(1, height + 1), torch.arange(1, width + 1))
+    box_h, box_w = sides[:, 0], sides[:, 1]
+    top = (torch.rand(len(sides), generator=generator) * (height - box_h + 1)).long()
+    left = (torch.rand(len(sides), generator=generator) * (width - box_w + 1)).long()
+    return torch.stack([top, top + box_h, left, left + box_w], dim=1)
+
+
+def _assert_pastes_interpolate(x: torch.Tensor, index: torch.Tensor, boxes: torch.Tensor, out: torch.Tensor) -> None:
+    """Box i of ``out[i]`` equals ``F.interpolate(x[index[i]], size=box, mode="nearest")``, bit for bit."""
+    wrong = []
+    for i, (top, bottom, left, right) in enumerate(boxes.tolist()):
+        expected = F.interpolate(x[index[i]][None], size=(bottom - top, right - left), mode="nearest")[0]
+        if not torch.equal(out[i, :, top:bottom, left:right], expected):
+            wrong.append((bottom - top, right - left))
+    assert not wrong, f"{len(wrong)} of {len(boxes)} boxes differ from F.interpolate, e.g. (h, w) = {wrong[:5]}"
+
+
+@pytest.mark.parametrize("memory_format", MEMORY_FORMATS, ids=["contiguous", "channels_last"])
+@pytest.mark.parametrize("shape", [(26, 26), (62, 62), (52, 39), (58, 56), (19, 45)])
+def test_resized_partners_equal_interpolate_for_every_box_size(shape, memory_format):
+    # every box size h x w up to the image, square and not. The shapes hold the (image, box) side pairs under 70 px
+    # where float32 rounding makes F.interpolate read another row than exact arithmetic: 26/22, 62/14, 62/28,
+    # 62/56, 52/22, 52/44, 39/33, 58/54, 56/46
+    height, width = shape
+    generator = torch.Generator().manual_seed(height * 100 + width)
+    all_boxes = _all_boxes(height, width, generator)
+    for boxes in all_boxes.split(512):
+        x = torch.randn(len(boxes), 3, height, width, generator=generator).contiguous(memory_format=memory_format)
+        index = torch.randperm(len(boxes), generator=generator)
+        _assert_pastes_interpolate(x, index, boxes, resized_partners(x, index, boxes))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("memory_format", MEMORY_FORMATS, ids=["contiguous", "channels_last"])
+def test_resized_partners_equal_interpolate_in_half_precision(dtype, memory_format):
+    generator = torch.Generator().manual_seed(7)
+    sides = torch.arange(1, 65)
+    boxes = torch.stack([64 - sides, torch.full_like(sides, 64), torch.zeros_like(sides), sides], dim=1)  # squares
+    x = torch.randn(64, 2, 64, 64, generator=generator).to(dtype).contiguous(memory_format=memory_format)
+    index = torch.randperm(64, generator=generator)
+    _assert_pastes_interpolate(x, index, boxes, resized_partners(x, index, boxes))
+
+
+@pytest.mark.parametrize("memory_format", MEMORY_FORMATS, ids=["contiguous", "channels_last"])
+@pytest.mark.parametrize("shape", [(26, 26), (39, 39), (30, 52)])
+def test_resizemix_elem_mode_pastes_interpolate(shape, memory_format):
+    height, width = shape
+    mixer = openmix.create_mixer("resizemix", mode="elem", scope=(0.1, 1.0))
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(256, 3, height, width, generator=generator).contiguous(memory_format=memory_format)
+    out = mixer(x, torch.zeros(256, dtype=torch.int64), generator=generator)
+    assert out.x.is_contiguous(memory_format=memory_format)
+    boxes = torch.tensor([box_of(out.mask[i, 0]) for i in range(256)])
+    sizes = {(bottom - top, right - left) for top, bottom, left, right in boxes.tolist()}
+    assert len(sizes) > 100  # many box sizes, clipped ones included
+    _assert_pastes_interpolate(x, out.index, boxes, out.x)
+    keep = out.mask.bool().expand_as(x)
+    assert torch.equal(out.x[keep], x[keep])
+
+
+@pytest.mark.parametrize("memory_format", MEMORY_FORMATS, ids=["contiguous", "channels_last"])
+def test_resizemix_elem_mode_with_explicit_lam_reproduces_known_mismatch_sizes(memory_format):
+    # a 22 x 22 box in a 26 x 26 image: floor(11 * 26 / 22) = 13, but F.interpolate reads row 12
+    mixer = openmix.create_mixer("resizemix", mode="elem")
+    generator = torch.Generator().manual_seed(5)
+    x = torch.randn(64, 3, 26, 26, generator=generator).contiguous(memory_format=memory_format)
+    lam = torch.full((64,), 1 - (22 / 26 + 1e-9) ** 2, dtype=torch.float64)  # tau * 26 = 22: sides of 22 unclipped
+    out = mixer(x, torch.zeros(64, dtype=torch.int64), generator=generator, lam=lam)
+    boxes = torch.tensor([box_of(out.mask[i, 0]) for i in range(64)])
+    sides = set(zip((boxes[:, 1] - boxes[:, 0]).tolist(), (boxes[:, 3] - boxes[:, 2]).tolist()))
+    assert (22, 22) in sides
+    _assert_pastes_interpolate(x, out.index, boxes, out.x)
+
+
+@pytest.mark.parametrize("memory_format", MEMORY_FORMATS, ids=["contiguous", "channels_last"])
+def test_resizemix_batch_and_elem_modes_paste_the_same_content(memory_format):
+    # batch mode calls F.interpolate itself; elem mode with the same box must agree with it exactly
+    generator = torch.Generator().manual_seed(11)
+    x = torch.randn(6, 3, 26, 26, generator=generator).contiguous(memory_format=memory_format)
+    y = torch.zeros(6, dtype=torch.int64)
+    for side in range(2, 27, 2):
+        lam = torch.tensor(1 - (side / 26 + 1e-9) ** 2, dtype=torch.float64).clamp(min=0)
+        batch = openmix.create_mixer("resizemix", mode="batch")(
+            x, y, generator=torch.Generator().manual_seed(side), lam=lam
+        )
+        top, bottom, left, right = box_of(batch.mask[0, 0])
+        boxes = torch.tensor([[top, bottom, left, right]] * 6)
+        _assert_pastes_interpolate(x, batch.index, boxes, batch.x)
+        elem = resized_partners(x, batch.index, boxes)
+        assert torch.equal(elem[:, :, top:bottom, left:right], batch.x[:, :, top:bottom, left:right])
