@@ -6,7 +6,9 @@ Classification", ICASSP 2020. https://arxiv.org/abs/2003.13048
 The partner image goes through a feature extractor; its last feature map, averaged over channels and pooled to a
 grid x grid map (7 x 7 in the paper), ranks the cells; the top-k cells (k = 6) of the partner are pasted onto
 sample i at the same place. lam is the share of sample i's pixels left, 1 - k / 49 when the image side is a
-multiple of the grid. Cell edges are floor(j * H / grid), so any image size works and lam is exact.
+multiple of the grid. Pixel row r belongs to cell row floor(r * grid / H), so cell row j spans the rows
+ceil(j * H / grid) <= r < ceil((j + 1) * H / grid) (columns likewise with W): any image size works, the cells then
+differ by a pixel, and lam (the mask's mean) is exact.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ def cell_mask(top_cells: Tensor, grid: int, height: int, width: int) -> Tensor:
     n = top_cells.shape[0]
     cells = grid * grid
     selected = torch.zeros(n, cells + 1, device=top_cells.device).scatter_(1, top_cells, 1.0)[:, :cells]
-    # pixel row r lies in cell row floor(r * grid / H): the inverse of the cell edges floor(j * H / grid)
+    # pixel row r lies in cell row floor(r * grid / H), so cell row j starts at row ceil(j * H / grid)
     cell_row = (torch.arange(height, device=top_cells.device) * grid) // height
     cell_col = (torch.arange(width, device=top_cells.device) * grid) // width
     cell_of_pixel = cell_row.view(-1, 1) * grid + cell_col.view(1, -1)  # (H, W)
@@ -52,8 +54,6 @@ def cell_mask(top_cells: Tensor, grid: int, height: int, width: int) -> Tensor:
     paper="Attentive CutMix: An Enhanced Data Augmentation Approach for Deep Learning Based Image Classification "
     "(Walawalkar et al., ICASSP 2020)",
     url="https://arxiv.org/abs/2003.13048",
-    defaults={"grid": 7, "top_k": 6},
-    needs_network=True,
 )
 class AttentiveMix(Mixer):
     """Attentive CutMix.
@@ -73,6 +73,7 @@ class AttentiveMix(Mixer):
     """
 
     shares_batch_mask = False
+    needs_network = True  # ranks cells / builds masks from a network's features
 
     def __init__(
         self,
