@@ -104,8 +104,22 @@ def binary_cross_entropy(
     return _reduce(loss, reduction)
 
 
+def _check_lam_eps(lam_eps: Any) -> float | None:
+    if lam_eps is None:
+        return None
+    if isinstance(lam_eps, bool) or not isinstance(lam_eps, (int, float)) or not 0.0 <= lam_eps < 0.5:
+        raise ValueError(f"lam_eps must be None or a number in [0, 0.5), got {lam_eps!r}")
+    return float(lam_eps)
+
+
 def decoupled_regularizer(
-    logits: Tensor, y_a: Tensor, y_b: Tensor, lam: Tensor, lam_weighted: bool = True, reduction: str = "mean"
+    logits: Tensor,
+    y_a: Tensor,
+    y_b: Tensor,
+    lam: Tensor,
+    lam_weighted: bool = True,
+    reduction: str = "mean",
+    lam_eps: float | None = None,
 ) -> Tensor:
     """The Decoupled Mixup (DM) term: each mixed class is scored by a softmax that excludes its competitor.
 
@@ -116,13 +130,25 @@ def decoupled_regularizer(
 
     with (w_a, w_b) = (lam, 1 - lam) when ``lam_weighted`` (OpenMixup's published configs) else (1, 1). Removing the
     competitor from the softmax means the network is not penalised for being confident in both mixed classes.
-    Samples with a == b carry no decoupled term (0).
+    Samples with a == b carry no decoupled term (0). With ``lam_eps`` set, neither do samples whose lam lies within
+    ``lam_eps`` of 0 or 1 (``min(lam, 1 - lam) <= lam_eps``), as in the reference code: OpenMixup's
+    ``soft_mix_cross_entropy`` (``openmixup/models/losses/cross_entropy_loss.py``, lines 130-146) counts a class as
+    mixed only when its label share exceeds ``max(1e-3, eps_smooth)`` and leaves samples with fewer mixed classes
+    to the plain soft CE. There the shares are compared after label smoothing; here lam itself is compared.
+    :class:`DecoupledMixupLoss`, the training objective, uses the reference's 1e-3; this function defaults to
+    ``None`` (the bare formula for every pair of distinct classes). The skip is a ``torch.where`` over a per-sample
+    mask: no host synchronisation, no boolean indexing, and the mean still divides by the whole batch.
 
     Args:
         logits: (B, K) logits of the mixed batch.
         y_a, y_b: (B,) int64 class ids of each sample and of its partner.
         lam: (B,) share of sample a.
+        lam_weighted: weight the two terms by (lam, 1 - lam) rather than (1, 1).
+        reduction: ``"mean"`` (over all B samples, skipped ones counting as 0), ``"sum"`` or ``"none"``.
+        lam_eps: samples with lam or 1 - lam at most this carry no decoupled term (the reference uses 1e-3; 0 skips
+            lam exactly 0 or 1); ``None`` skips none for their lam.
     """
+    lam_eps = _check_lam_eps(lam_eps)
     for name, labels in (("y_a", y_a), ("y_b", y_b)):
         if labels.dim() != 1 or labels.dtype != torch.int64:
             raise TypeError(f"{name} must be (B,) int64 class ids for the decoupled regularizer, got {labels.dtype}")
@@ -134,9 +160,12 @@ def decoupled_regularizer(
     nll_b = -log_prob_b.gather(1, y_b[:, None]).squeeze(1)
     lam = lam.to(device=logits.device, dtype=torch.float32)
     weight_a, weight_b = (lam, 1.0 - lam) if lam_weighted else (torch.ones_like(lam), torch.ones_like(lam))
-    distinct = y_a != y_b
-    # where a == b the masked softmax excludes the target itself (-inf); those samples contribute 0
-    loss = torch.where(distinct, weight_a * nll_a + weight_b * nll_b, torch.zeros_like(lam))
+    # mixed: two distinct classes, each with a share above lam_eps. Where a == b the masked softmax excludes the
+    # target itself (-inf): torch.where, not a product, keeps those inf / NaN values out of the loss and its gradient
+    mixed = y_a != y_b
+    if lam_eps is not None:
+        mixed = mixed & (torch.minimum(lam, 1.0 - lam) > lam_eps)
+    loss = torch.where(mixed, weight_a * nll_a + weight_b * nll_b, torch.zeros_like(lam))
     return _reduce(loss, reduction)
 
 
@@ -181,19 +210,37 @@ class MixedBinaryCrossEntropy(nn.Module):
 
 
 class DecoupledMixupLoss(nn.Module):
-    """Mixed CE + ``eta`` * the decoupled regularizer (:func:`decoupled_regularizer`)."""
+    """Mixed CE + ``eta`` * the decoupled regularizer (:func:`decoupled_regularizer`).
+
+    Args:
+        eta: weight of the decoupled term (OpenMixup's DM configs use 0.1).
+        smoothing: label smoothing of the mixed CE's targets.
+        lam_weighted: weight the decoupled terms by (lam, 1 - lam).
+        lam_eps: samples with lam within this of 0 or 1 carry no decoupled term (the reference's 1e-3; ``None``:
+            none skipped for their lam).
+
+    Soft or multi-hot (B, K) labels are accepted: the mixed CE uses them as they are, the decoupled term uses the
+    arg-max class of each (the method is defined for two competing classes).
+    """
 
     uses_clean_batch = False
 
-    def __init__(self, eta: float = 0.1, smoothing: float = 0.0, lam_weighted: bool = True):
+    def __init__(
+        self, eta: float = 0.1, smoothing: float = 0.0, lam_weighted: bool = True, lam_eps: float | None = 1e-3
+    ):
         super().__init__()
         self.eta = _check_eta(eta)
         self.smoothing = _check_smoothing(smoothing)
         self.lam_weighted = bool(lam_weighted)
+        self.lam_eps = _check_lam_eps(lam_eps)
 
     def forward(self, logits: Tensor, mix: MixOutput) -> Tensor:
         mixed = soft_target_cross_entropy(logits, mix.soft_targets(logits.shape[-1], self.smoothing))
-        return mixed + self.eta * decoupled_regularizer(logits, mix.y_a, mix.y_b, mix.lam, self.lam_weighted)
+        # soft (B, K) labels: the decoupled term pits the two arg-max classes against each other
+        y_a = mix.y_a if mix.y_a.dim() == 1 else mix.y_a.argmax(dim=-1)
+        y_b = mix.y_b if mix.y_b.dim() == 1 else mix.y_b.argmax(dim=-1)
+        decoupled = decoupled_regularizer(logits, y_a, y_b, mix.target_lam, self.lam_weighted, lam_eps=self.lam_eps)
+        return mixed + self.eta * decoupled
 
 
 class RegMixupLoss(nn.Module):

@@ -1,7 +1,7 @@
 """Callbacks that stop their own process at a chosen point, for crash-and-resume tests.
 
 - ``KillAtStep`` kills the process (SIGKILL, no clean-up) once a training step is reached.
-- ``PauseAt`` writes a marker file at a chosen point (a training step, or the end of an epoch) and then sleeps, so
+- ``PauseAt`` writes a marker file at a chosen point (a training step, or the start of an epoch) and then sleeps, so
   that a test can kill the process from outside, with a real SIGKILL, at exactly that point.
 """
 
@@ -27,8 +27,8 @@ class KillAtStep(Callback):
 
 
 class PauseAt(Callback):
-    """Write ``marker`` and sleep once training reaches ``step`` (after that batch) or the end of epoch ``epoch``
-    (after validation and the epoch's checkpoint, before the epoch's last hooks have logged)."""
+    """Write ``marker`` and sleep once training reaches ``step`` (after that batch) or the start of epoch ``epoch``
+    (between epochs: the previous epoch is logged and checkpointed, nothing of this one has run)."""
 
     def __init__(self, marker: str, step: int | None = None, epoch: int | None = None, seconds: float = 600.0):
         self.marker, self.step, self.epoch, self.seconds = Path(marker), step, epoch, seconds
@@ -41,6 +41,6 @@ class PauseAt(Callback):
         if self.step is not None and trainer.global_step >= self.step:
             self.pause()
 
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
         if self.epoch is not None and trainer.current_epoch == self.epoch:
             self.pause()

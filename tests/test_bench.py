@@ -254,3 +254,36 @@ def test_run_grid_rejects_a_bad_parallel_count(tmp_path):
     grid = load_grid(write_grid(tmp_path, axes={"seed": [0]}))
     with pytest.raises(ValueError, match="parallel must be >= 1"):
         run_grid(grid, tmp_path / "runs", parallel=0)
+
+
+def test_report_covers_the_whole_of_a_resumed_run(tmp_path):
+    """Wall time and peak memory come from the training process's cumulative log (all segments), not from the
+    runner's record of its last process (a 10-epoch run resumed once showed only its last segment's time)."""
+    fake_run(tmp_path, {"mixer": "a"}, [0.5, 0.6, 0.7])
+    directory = tmp_path / "mixer=a"
+    lines = (directory / "metrics.csv").read_text().splitlines()
+    lines[0] += ",train/wall_time_s,train/peak_rss_mb"
+    cumulative = {0: (40.0, 700.0), 1: (80.0, 950.0), 2: (120.0, 900.0)}
+    for number, line in enumerate(lines[1:], start=1):
+        epoch = int(line.split(",")[0])
+        is_epoch_row = line.endswith(",100.0")  # the row with the epoch's training statistics
+        lines[number] = line + (",{},{}".format(*cumulative[epoch]) if is_epoch_row else ",,")
+    (directory / "metrics.csv").write_text("\n".join(lines) + "\n")
+    (result,) = load_runs(tmp_path)  # run.json says 60 s and 800 MB: the last segment only
+    assert result.wall_time_s == 120.0 and result.peak_rss_mb == 950.0
+
+
+def test_runner_records_every_process_of_a_run(tmp_path, monkeypatch):
+    """run.json sums the wall time and keeps the largest peak over the runner's processes of one run."""
+    from openmix.bench import runner
+
+    grid = load_grid(write_grid(tmp_path))
+    run = grid.runs()[0]
+    directory = run_directory(tmp_path / "runs", grid, run)
+    monkeypatch.setattr(runner, "command", lambda *a: [sys.executable, "-c", "import time; time.sleep(0.2)"])
+    first = runner.execute(grid, run, directory, threads=1)
+    second = runner.execute(grid, run, directory, threads=1)
+    assert len(second["segments"]) == 2 and first["segments"] == second["segments"][:1]
+    assert second["wall_time_s"] == pytest.approx(sum(s["wall_time_s"] for s in second["segments"]))
+    assert second["wall_time_s"] >= 0.4
+    assert second["peak_rss_mb"] == max(s["peak_rss_mb"] for s in second["segments"])

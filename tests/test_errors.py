@@ -24,6 +24,8 @@ CALL_ERRORS = [
     ("y float class ids", X, Y.float(), {}, TypeError, "y with shape"),
     ("y int32 class ids", X, Y.int(), {}, TypeError, "y with shape"),
     ("y negative", X, torch.tensor([0, -1, 2, 3]), {}, ValueError, "y holds negative"),
+    # y on another device than x (meta stands in for CUDA on a CPU-only machine)
+    ("y on another device", X, Y.to("meta"), {}, ValueError, "y is on meta but x is on cpu"),
     ("y rank 3", X, torch.zeros(4, 2, 2), {}, ValueError, r"y must have shape \(B,\) or \(B, K\)"),
     ("y integer soft", X, torch.zeros(4, 5, dtype=torch.int64), {}, TypeError, "floating point target"),
     ("lam NaN", X, Y, {"lam": float("nan")}, ValueError, "lam must not be NaN"),

@@ -95,6 +95,21 @@ def test_every_trainer_objective_mixer_and_inplace(model_class, family, objectiv
         assert seen_clean and all(torch.equal(rows, clean) for rows in seen_clean)
 
 
+@pytest.mark.parametrize("objective", sorted(OBJECTIVES))
+@pytest.mark.parametrize("model_class", [MixClassifier, AutoMixClassifier], ids=lambda c: c.__name__)
+def test_every_objective_trains_on_soft_labels(model_class, objective):
+    """Soft (B, K) labels reach every objective of every trainer without an error at the first step."""
+    if expected_refusal(model_class, "automix" if model_class is AutoMixClassifier else "cutmix", objective, False):
+        return
+    family = "automix" if model_class is AutoMixClassifier else "cutmix"
+    model = build(model_class, family, objective, False)
+    x, y = batch()
+    soft = 0.9 * nn.functional.one_hot(y, 4).float() + 0.025
+    loss = model.training_step((x, soft), 0)
+    assert torch.isfinite(loss)
+    loss.backward()
+
+
 def test_automix_honours_mix_prob():
     """mix_prob=0: no batch is mixed; the step is the objective on the clean batch and the Mix Block gets nothing."""
     model = build(AutoMixClassifier, "automix", "ce", False, mix_prob=0.0)

@@ -160,8 +160,8 @@ class AutoMixClassifier(MixClassifier):
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
-        if not self.should_mix(batch_idx):  # mix_prob / mix_off_epoch: a plain step on the clean batch
-            return self.plain_step(x, y)
+        if not self.should_mix(batch_idx):  # mix_prob / mix_off_epoch: the parent's step, which draws the same
+            return super().training_step(batch, batch_idx)  # decision again and trains on the clean batch
         features = self.batch_features(x)
         block_loss, mask_loss, _ = self.block_losses(x, y, features)  # 1. trains the Mix Block
         online_loss, mixed_logits, online = self.online_losses(x, y, features)  # 2. trains the online network
@@ -174,17 +174,6 @@ class AutoMixClassifier(MixClassifier):
         self.log("train/momentum", self.current_momentum, on_epoch=True, batch_size=batch_size)
         self.train_lams.append(online.lam.detach().cpu())
         self._epoch_images += batch_size
-        return loss
-
-    def plain_step(self, x: Tensor, y: Tensor) -> Tensor:
-        """A step without mixing: the objective on the clean batch (logged like a mixed step, with lam = 1)."""
-        unmixed = MixOutput.identity(x, y)
-        logits = self(x)
-        loss = self.objective(logits, unmixed)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=x.shape[0])
-        self.log("train/top1", self.mixed_accuracy(logits, unmixed), on_epoch=True, batch_size=x.shape[0])
-        self.train_lams.append(unmixed.lam.detach().cpu())
-        self._epoch_images += x.shape[0]
         return loss
 
     def parameter_groups(self) -> list[dict[str, Any]]:

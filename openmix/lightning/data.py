@@ -69,6 +69,12 @@ CIFAR_LAYOUTS = {
     ),
     100: ("cifar-100-python", ("train",), ("test",), "fine_labels", "meta", "fine_label_names"),
 }
+# How the random crop fills the border it pads, with torchvision's ``RandomCrop(padding_mode=...)`` names: zeros
+# (black before normalisation), the edge pixel repeated, a mirror without the edge pixel (``dcb|abcd|cba``) or with it
+# (``cba|abcd|dcb``).
+PADDING_MODES = ("constant", "edge", "reflect", "symmetric")
+# Resampling of the image-folder datasets' resized crops (OpenMixup's ``interpolation=3`` is PIL's bicubic).
+INTERPOLATIONS = {"bilinear": v2.InterpolationMode.BILINEAR, "bicubic": v2.InterpolationMode.BICUBIC}
 
 
 # ----------------------------------------------------------------------------------------------------------- readers
@@ -212,10 +218,11 @@ class ArrayImageDataset(Dataset):
     """uint8 images held in memory, normalised per channel, with a per-(seed, epoch) crop/flip table.
 
     ``set_epoch(epoch)`` draws, with ``np.random.default_rng([seed, epoch])``, one crop offset ``(dy, dx)`` in
-    ``[0, 2 * padding]`` and one horizontal-flip bit per sample; ``__getitem__`` zero-pads the raw image by
-    ``padding``, crops back to (H, W) at that offset and flips (the CIFAR recipe ``RandomCrop(32, padding=4)`` +
-    ``RandomHorizontalFlip``; the padding is black before normalisation, as there). The tables live in shared
-    memory and are updated in place, so persistent DataLoader workers see the new epoch too. No global RNG is used.
+    ``[0, 2 * padding]`` and one horizontal-flip bit per sample; ``__getitem__`` pads the raw image by ``padding``
+    (filled as ``padding_mode`` says), crops back to (H, W) at that offset and flips: the CIFAR recipe
+    ``RandomCrop(32, padding=4, padding_mode=...)`` + ``RandomHorizontalFlip``. Constant padding is black before
+    normalisation, as with torchvision on PIL images. The tables live in shared memory and are updated in place, so
+    persistent DataLoader workers see the new epoch too. No global RNG is used.
 
     Args:
         images: uint8 (N, H, W) or (N, H, W, C).
@@ -223,7 +230,10 @@ class ArrayImageDataset(Dataset):
         mean: per-channel mean of ``pixel / 255`` (length C).
         std: per-channel standard deviation of ``pixel / 255`` (length C).
         augment: ``"none"`` or ``"crop_flip"``.
-        padding: zero padding of the random crop, in pixels.
+        padding: padding of the random crop, in pixels.
+        padding_mode: how the padded border is filled, as torchvision's ``RandomCrop``: ``"constant"`` (zeros),
+            ``"edge"``, ``"reflect"`` (mirror without repeating the edge pixel; needs ``padding`` < H and W) or
+            ``"symmetric"`` (mirror repeating it; needs ``padding`` <= H and W).
         seed: seeds the augmentation tables together with the epoch.
     """
 
@@ -235,6 +245,7 @@ class ArrayImageDataset(Dataset):
         std: Sequence[float],
         augment: Literal["none", "crop_flip"] = "none",
         padding: int = 4,
+        padding_mode: Literal["constant", "edge", "reflect", "symmetric"] = "constant",
         seed: int = 0,
     ) -> None:
         images = np.asarray(images)
@@ -253,9 +264,16 @@ class ArrayImageDataset(Dataset):
             raise ValueError(f"augment must be 'none' or 'crop_flip', got {augment!r}")
         if padding < 0 or seed < 0:
             raise ValueError(f"padding and seed must be >= 0, got padding={padding}, seed={seed}")
+        check_padding_mode(padding_mode)
+        side = min(self.images.shape[2:])
+        if (padding_mode == "reflect" and padding >= side) or (padding_mode == "symmetric" and padding > side):
+            raise ValueError(
+                f"padding_mode={padding_mode!r} mirrors the image, so padding={padding} must be "
+                f"{'<' if padding_mode == 'reflect' else '<='} the image side {side}"
+            )
         self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
-        self.augment, self.padding, self.seed = augment, padding, seed
+        self.augment, self.padding, self.padding_mode, self.seed = augment, padding, padding_mode, seed
         # Shared memory: DataLoader workers (forked or spawned) read the same tables the main process rewrites.
         self.crop_offsets = torch.zeros(len(self.images), 2, dtype=torch.int64).share_memory_()  # (N, 2): dy, dx
         self.flips = torch.zeros(len(self.images), dtype=torch.bool).share_memory_()  # (N,)
@@ -292,11 +310,38 @@ class ArrayImageDataset(Dataset):
     def _crop_flip(self, image: Tensor, index: int) -> Tensor:
         channels, height, width = image.shape
         pad = self.padding
-        padded = image.new_zeros(channels, height + 2 * pad, width + 2 * pad)
-        padded[:, pad : pad + height, pad : pad + width] = image
         dy, dx = self.crop_offsets[index].tolist()
-        image = padded[:, dy : dy + height, dx : dx + width]
+        if self.padding_mode == "constant":
+            padded = image.new_zeros(channels, height + 2 * pad, width + 2 * pad)
+            padded[:, pad : pad + height, pad : pad + width] = image
+            image = padded[:, dy : dy + height, dx : dx + width]
+        else:  # the crop's rows / columns in padded coordinates, read back from the image they mirror or repeat
+            rows = padded_source_index(torch.arange(height) + (dy - pad), height, self.padding_mode)
+            cols = padded_source_index(torch.arange(width) + (dx - pad), width, self.padding_mode)
+            image = image.index_select(1, rows).index_select(2, cols)
         return image.flip(-1) if self.flips[index] else image
+
+
+def check_padding_mode(padding_mode: Any) -> str:
+    """``padding_mode`` itself if it is one of :data:`PADDING_MODES`, else a ``ValueError`` naming the argument."""
+    if padding_mode not in PADDING_MODES:
+        raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+    return padding_mode
+
+
+def padded_source_index(position: Tensor, size: int, padding_mode: str) -> Tensor:
+    """Where a pixel of a padded axis comes from: for positions in ``[-pad, size + pad)`` of an axis of ``size``
+    pixels padded by ``pad`` on both sides, the index in ``[0, size)`` of the pixel ``padding_mode`` copies there
+    (``"edge"``, ``"reflect"`` or ``"symmetric"``; constant padding has no source pixel)."""
+    if padding_mode == "edge":
+        return position.clamp(0, size - 1)
+    if padding_mode == "reflect":  # dcb|abcd|cba: -1 -> 1, size -> size - 2
+        below, above = -position, 2 * (size - 1) - position
+    elif padding_mode == "symmetric":  # cba|abcd|dcb: -1 -> 0, size -> size - 1
+        below, above = -position - 1, 2 * size - 1 - position
+    else:
+        raise ValueError(f"padding_mode must be one of {PADDING_MODES[1:]} here, got {padding_mode!r}")
+    return torch.where(position < 0, below, torch.where(position >= size, above, position))
 
 
 class EpochSampler(DistributedSampler):
@@ -413,7 +458,11 @@ def _normalised_tensor(mean: Sequence[float], std: Sequence[float]) -> list[Call
 
 
 def folder_transform(
-    image_size: int, train: bool, resize_to: int | None = None, center_crop: bool = True
+    image_size: int,
+    train: bool,
+    resize_to: int | None = None,
+    center_crop: bool = True,
+    interpolation: Literal["bilinear", "bicubic"] = "bilinear",
 ) -> v2.Compose:
     """The PIL -> normalised float32 (3, S, S) pipeline of the image-folder datasets (ImageNet statistics).
 
@@ -422,11 +471,15 @@ def folder_transform(
         train: ``RandomResizedCrop(S)`` + horizontal flip; else the evaluation resize below.
         resize_to: evaluation only: resize the short side to this first (None: no resize).
         center_crop: evaluation only: centre-crop to S after the resize.
+        interpolation: resampling of the random resized crop and of the evaluation resize.
     """
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {tuple(INTERPOLATIONS)}, got {interpolation!r}")
+    mode = INTERPOLATIONS[interpolation]
     if train:
-        geometry = [v2.RandomResizedCrop(image_size, antialias=True), v2.RandomHorizontalFlip()]
+        geometry = [v2.RandomResizedCrop(image_size, interpolation=mode, antialias=True), v2.RandomHorizontalFlip()]
     else:
-        geometry = [v2.Resize(resize_to, antialias=True)] if resize_to is not None else []
+        geometry = [v2.Resize(resize_to, interpolation=mode, antialias=True)] if resize_to is not None else []
         geometry += [v2.CenterCrop(image_size)] if center_crop else []
     return v2.Compose(geometry + _normalised_tensor(IMAGENET_MEAN, IMAGENET_STD))
 
@@ -547,17 +600,34 @@ class ClassificationData(L.LightningDataModule, abc.ABC):
 class InMemoryClassificationData(ClassificationData):
     """Base of the small datasets read whole into an :class:`ArrayImageDataset` (Fashion-MNIST, CIFAR).
 
-    Subclasses set ``MEAN``, ``STD``, ``PADDING`` (of the random crop) and implement :meth:`load_arrays`.
+    Subclasses set ``MEAN``, ``STD``, ``PADDING`` and ``PADDING_MODE`` (of the random crop) and implement
+    :meth:`load_arrays`.
+
+    Args:
+        root: the dataset folder.
+        download: fetch missing files with torchvision in ``prepare_data``.
+        padding_mode: how the random crop fills its padded border (see :data:`PADDING_MODES`); ``None``: the
+            dataset's recipe, ``PADDING_MODE`` (``"reflect"`` for CIFAR-100, ``"constant"`` for CIFAR-10 and
+            Fashion-MNIST).
+        **kwargs: the loader options of :class:`ClassificationData` (batch_size, num_workers, ...).
     """
 
     MEAN: tuple[float, ...] = ()
     STD: tuple[float, ...] = ()
     PADDING = 4
+    PADDING_MODE = "constant"
     TORCHVISION_CLASS: type[datasets.VisionDataset] | None = None  # fetches the files when ``download``
 
-    def __init__(self, root: str, download: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        root: str,
+        download: bool = False,
+        padding_mode: Literal["constant", "edge", "reflect", "symmetric"] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.root, self.download = root, download
+        self.padding_mode = check_padding_mode(self.PADDING_MODE if padding_mode is None else padding_mode)
 
     @abc.abstractmethod
     def locate_split(self, train: bool) -> Any:
@@ -582,20 +652,28 @@ class InMemoryClassificationData(ClassificationData):
         images, labels = self.load_arrays(train)
         augment = "crop_flip" if train and self.augment else "none"
         return ArrayImageDataset(
-            images[:limit], labels[:limit], self.MEAN, self.STD, augment=augment, padding=self.PADDING, seed=self.seed
+            images[:limit],
+            labels[:limit],
+            self.MEAN,
+            self.STD,
+            augment=augment,
+            padding=self.PADDING,
+            padding_mode=self.padding_mode,
+            seed=self.seed,
         )
 
 
 class FashionMNISTData(InMemoryClassificationData):
     """Fashion-MNIST (10 classes, 1 x 28 x 28) from its original idx files; the default dataset of CI.
 
-    Training augmentation: random crop with 2 px zero padding + horizontal flip. The official test split serves as
-    both the validation and the test set.
+    Training augmentation: random crop with 2 px padding (zeros unless ``padding_mode`` says otherwise) +
+    horizontal flip. The official test split serves as both the validation and the test set.
 
     Args:
         root: folder with the idx files (raw or .gz), directly (Debian package ``dataset-fashion-mnist``) or under
             ``FashionMNIST/raw`` (torchvision's layout).
         download: fetch the files with torchvision into ``root/FashionMNIST/raw`` if they are missing.
+        padding_mode: fill of the crop's padded border, one of :data:`PADDING_MODES`; ``None``: ``"constant"``.
         **kwargs: the loader options of :class:`ClassificationData` (batch_size, num_workers, ...).
     """
 
@@ -604,8 +682,14 @@ class FashionMNISTData(InMemoryClassificationData):
 
     TORCHVISION_CLASS = datasets.FashionMNIST
 
-    def __init__(self, root: str = "/usr/share/datasets/fashion-mnist", download: bool = False, **kwargs: Any) -> None:
-        super().__init__(root, download, **kwargs)
+    def __init__(
+        self,
+        root: str = "/usr/share/datasets/fashion-mnist",
+        download: bool = False,
+        padding_mode: Literal["constant", "edge", "reflect", "symmetric"] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(root, download, padding_mode, **kwargs)
         self.save_hyperparameters()
 
     def locate_split(self, train: bool) -> tuple[Path, Path]:
@@ -620,20 +704,30 @@ class FashionMNISTData(InMemoryClassificationData):
 class CIFARData(InMemoryClassificationData):
     """Base of CIFAR-10/100 (3 x 32 x 32) read from the python pickle batches.
 
-    Training augmentation: random crop with 4 px zero padding + horizontal flip. The official test split serves as
-    both the validation and the test set.
+    Training augmentation: random crop with 4 px padding + horizontal flip, as OpenMixup's CIFAR data configs
+    (``configs/classification/_base_/datasets/cifar{10,100}/sz32_bs100.py``): CIFAR-100 pads by reflection
+    (``RandomCrop(size=32, padding=4, padding_mode="reflect")``), CIFAR-10 with zeros (``RandomCrop(size=32,
+    padding=4)``). The official test split serves as both the validation and the test set.
 
     Args:
         root: folder holding ``cifar-10-batches-py`` / ``cifar-100-python`` (or the batches directly).
         download: fetch and extract the archive with torchvision's CIFAR class if the batches are missing.
+        padding_mode: fill of the crop's padded border, one of :data:`PADDING_MODES`; ``None``: the recipe's
+            (``PADDING_MODE``: ``"reflect"`` for CIFAR-100, ``"constant"`` for CIFAR-10).
         **kwargs: the loader options of :class:`ClassificationData` (batch_size, num_workers, ...).
     """
 
     IN_CHANS, IMAGE_SIZE, PADDING = 3, 32, 4
     TORCHVISION_CLASS: type[datasets.VisionDataset] = datasets.CIFAR10
 
-    def __init__(self, root: str = "data/cifar", download: bool = False, **kwargs: Any) -> None:
-        super().__init__(root, download, **kwargs)
+    def __init__(
+        self,
+        root: str = "data/cifar",
+        download: bool = False,
+        padding_mode: Literal["constant", "edge", "reflect", "symmetric"] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(root, download, padding_mode, **kwargs)
         self.save_hyperparameters()
 
     def locate_split(self, train: bool) -> Path:
@@ -650,6 +744,7 @@ class CIFAR10Data(CIFARData):
 
     NUM_CLASSES = 10
     MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+    PADDING_MODE = "constant"  # OpenMixup configs/classification/_base_/datasets/cifar10/sz32_bs100.py, line 7
     TORCHVISION_CLASS = datasets.CIFAR10
 
 
@@ -658,6 +753,7 @@ class CIFAR100Data(CIFARData):
 
     NUM_CLASSES = 100
     MEAN, STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+    PADDING_MODE = "reflect"  # OpenMixup configs/classification/_base_/datasets/cifar100/sz32_bs100.py, line 7
     TORCHVISION_CLASS = datasets.CIFAR100
 
 
@@ -672,12 +768,20 @@ class FolderClassificationData(ClassificationData):
     Args:
         root: the dataset folder.
         image_size: side of the network's input.
+        interpolation: resampling of the random resized crop and of the evaluation resize, ``"bicubic"`` (the
+            default: OpenMixup's ``RandomResizedCrop(..., interpolation=3)`` and ``Resize(256, interpolation=3)``
+            in ``configs/classification/_base_/datasets/{tiny_imagenet/sz64_bs100,imagenet/basic_sz224_4xbs64}.py``)
+            or ``"bilinear"`` (torchvision's default).
         **kwargs: the loader options of :class:`ClassificationData` (batch_size, num_workers, ...).
     """
 
-    def __init__(self, root: str, image_size: int, **kwargs: Any) -> None:
+    def __init__(
+        self, root: str, image_size: int, interpolation: Literal["bilinear", "bicubic"] = "bicubic", **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
-        self.root, self._image_size = root, image_size
+        if interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {tuple(INTERPOLATIONS)}, got {interpolation!r}")
+        self.root, self._image_size, self.interpolation = root, image_size, interpolation
 
     @property
     def image_size(self) -> int:
@@ -688,20 +792,27 @@ class FolderClassificationData(ClassificationData):
 class TinyImageNetData(FolderClassificationData):
     """Tiny-ImageNet-200 (200 classes, 3 x 64 x 64 JPEGs) from its zip layout, see :class:`TinyImageNetFolder`.
 
-    Training: ``RandomResizedCrop(image_size)`` + horizontal flip; evaluation: resized to ``image_size`` when it is
-    not the native 64. ImageNet normalisation. The val split serves as both the validation and the test set (the
-    test split has no labels).
+    Training: ``RandomResizedCrop(image_size)`` (bicubic) + horizontal flip; evaluation: resized to ``image_size``
+    when it is not the native 64. ImageNet normalisation. The val split serves as both the validation and the test
+    set (the test split has no labels).
 
     Args:
         root: the ``tiny-imagenet-200`` folder, or a folder containing it.
         image_size: side of the network's input.
+        interpolation: resampling of the crops and resizes (see :class:`FolderClassificationData`).
         **kwargs: the loader options of :class:`ClassificationData` (batch_size, num_workers, ...).
     """
 
     NUM_CLASSES, NATIVE_SIZE = 200, 64
 
-    def __init__(self, root: str = "data/tiny-imagenet-200", image_size: int = 64, **kwargs: Any) -> None:
-        super().__init__(root, image_size, **kwargs)
+    def __init__(
+        self,
+        root: str = "data/tiny-imagenet-200",
+        image_size: int = 64,
+        interpolation: Literal["bilinear", "bicubic"] = "bicubic",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(root, image_size, interpolation, **kwargs)
         self.save_hyperparameters()
 
     @property
@@ -715,10 +826,12 @@ class TinyImageNetData(FolderClassificationData):
     def build_dataset(self, train: bool, limit: int | None) -> Dataset:
         """The train or val split with its transform."""
         if train and self.augment:
-            transform = folder_transform(self.image_size, train=True)
+            transform = folder_transform(self.image_size, train=True, interpolation=self.interpolation)
         else:
             resize = self.image_size if self.image_size != self.NATIVE_SIZE else None
-            transform = folder_transform(self.image_size, train=False, resize_to=resize, center_crop=resize is not None)
+            transform = folder_transform(
+                self.image_size, False, resize, center_crop=resize is not None, interpolation=self.interpolation
+            )
         dataset = TinyImageNetFolder(self.root, "train" if train else "val", transform)
         self.classes = dataset.classes
         return _first(dataset, limit)
@@ -727,20 +840,27 @@ class TinyImageNetData(FolderClassificationData):
 class ImageNetData(FolderClassificationData):
     """ImageNet (ILSVRC-2012) as two ``ImageFolder`` trees, ``root/train/<wnid>/*`` and ``root/val/<wnid>/*``.
 
-    Training: ``RandomResizedCrop(image_size)`` + horizontal flip; evaluation: resize the short side to
+    Training: ``RandomResizedCrop(image_size)`` (bicubic) + horizontal flip; evaluation: resize the short side to
     ``int(image_size / 0.875)`` then centre-crop ``image_size`` (256 -> 224). ImageNet normalisation. The val split
     serves as both the validation and the test set.
 
     Args:
         root: folder holding ``train/`` and ``val/``, one sub-folder per class in each.
         image_size: side of the network's input.
+        interpolation: resampling of the crops and resizes (see :class:`FolderClassificationData`).
         **kwargs: the loader options of :class:`ClassificationData` (batch_size, num_workers, ...).
     """
 
     NUM_CLASSES, CROP_RATIO = 1000, 0.875
 
-    def __init__(self, root: str = "data/imagenet", image_size: int = 224, **kwargs: Any) -> None:
-        super().__init__(root, image_size, **kwargs)
+    def __init__(
+        self,
+        root: str = "data/imagenet",
+        image_size: int = 224,
+        interpolation: Literal["bilinear", "bicubic"] = "bicubic",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(root, image_size, interpolation, **kwargs)
         self.save_hyperparameters()
 
     @property
@@ -757,9 +877,10 @@ class ImageNetData(FolderClassificationData):
         if not directory.is_dir():
             raise FileNotFoundError(f"ImageNet folder {directory} not found (expected {directory}/<wnid>/<image>)")
         if train and self.augment:
-            transform = folder_transform(self.image_size, train=True)
+            transform = folder_transform(self.image_size, train=True, interpolation=self.interpolation)
         else:
-            transform = folder_transform(self.image_size, train=False, resize_to=int(self.image_size / self.CROP_RATIO))
+            resize = int(self.image_size / self.CROP_RATIO)
+            transform = folder_transform(self.image_size, False, resize, interpolation=self.interpolation)
         dataset = datasets.ImageFolder(str(directory), transform=transform)
         self.classes = dataset.classes
         return _first(dataset, limit)

@@ -91,6 +91,8 @@ def check_batch(x: Any, y: Any) -> None:
         raise ValueError(f"x must hold at least one non-empty image, got shape {tuple(x.shape)}")
     if not isinstance(y, Tensor):
         raise TypeError(f"y must be a torch.Tensor, got {type(y).__name__}")
+    if y.device != x.device:  # checked before any value of y is read: a clear error, not a device mismatch later
+        raise ValueError(f"y is on {y.device} but x is on {x.device}: move both to the same device")
     if y.shape[0:1] != x.shape[0:1]:
         raise ValueError(f"y must have batch size {x.shape[0]} like x, got shape {tuple(y.shape)}")
     if y.dim() == 1:
