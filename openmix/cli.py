@@ -156,6 +156,67 @@ def run_lightning(args: Sequence[str], run: bool = True) -> OpenmixCLI:
     )
 
 
+class _ParseOnlyCLI(OpenmixCLI):
+    """The ``fit`` parser without instantiating anything: what a run's command resolves to."""
+
+    def before_instantiate_classes(self) -> None:
+        pass
+
+    def instantiate_classes(self) -> None:
+        pass
+
+
+# Keys that say where a run writes, not what it trains: left out when runs are compared.
+LOCATION_KEYS = (
+    "ckpt_path",
+    "trainer.logger",
+    "trainer.default_root_dir",
+    "trainer.enable_progress_bar",
+    "checkpoint.dirpath",
+)
+
+
+def resolve_config(args: Sequence[str]) -> dict[str, Any]:
+    """The complete configuration (every default filled in) that ``openmix fit *args`` would train, as plain data,
+    without the :data:`LOCATION_KEYS`. Invalid arguments raise ``ValueError`` with jsonargparse's message."""
+    import logging
+    import warnings
+
+    import yaml
+
+    seed_log = logging.getLogger("lightning.fabric.utilities.seed")
+    level = seed_log.level
+    try:
+        seed_log.setLevel(logging.WARNING)  # parsing seeds the RNGs and says so; nothing trains here
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python")
+            cli = _ParseOnlyCLI(
+                MixClassifier,
+                ClassificationData,
+                subclass_mode_model=True,
+                subclass_mode_data=True,
+                args=list(args),
+                run=False,
+                trainer_defaults=TRAINER_DEFAULTS,
+                auto_configure_optimizers=False,
+                seed_everything_default=0,
+                parser_kwargs={"exit_on_error": False},
+            )
+    except (argparse.ArgumentError, SystemExit) as error:
+        raise ValueError(str(error).strip()) from None
+    finally:
+        seed_log.setLevel(level)
+    config = yaml.safe_load(cli.parser.dump(cli.config, skip_validation=True))
+    for key in LOCATION_KEYS:
+        node, *path = key.split(".")
+        parent = config
+        for part in [node, *path][:-1]:
+            parent = parent.get(part) if isinstance(parent, dict) else None
+        if isinstance(parent, dict):
+            parent.pop(key.split(".")[-1], None)
+    return config
+
+
 def list_command(args: Sequence[str]) -> None:
     """Print every registered mixer: name, whether it needs a network, default hyperparameters, paper."""
     parser = argparse.ArgumentParser(prog="openmix list", description="List the registered mixers.")
@@ -201,8 +262,10 @@ def show_command(args: Sequence[str]) -> None:
 
 
 def bench_command(args: Sequence[str]) -> None:
-    """Run every unfinished run of a grid file, then write its report."""
+    """Run every unfinished run of a grid file, then write its report. Exits 1 when a run did not finish, 2 when
+    the grid cannot run (invalid runs, or folders of another configuration), before anything starts."""
     from openmix.bench import load_grid, report, run_grid
+    from openmix.bench.runner import GridError, is_done
 
     parser = argparse.ArgumentParser(prog="openmix bench", description="Run a benchmark grid (resumable).")
     parser.add_argument("grid", help="grid YAML file")
@@ -210,13 +273,24 @@ def bench_command(args: Sequence[str]) -> None:
     parser.add_argument("--parallel", type=int, default=1, help="runs at a time (CPU threads are split evenly)")
     parser.add_argument("--last", type=int, default=10, help="epochs of the 'median of the last N' column")
     parser.add_argument("--dry-run", action="store_true", help="print the commands of the unfinished runs")
+    parser.add_argument("--progress-every", type=float, default=10.0, help="seconds between progress lines")
     options = parser.parse_args(args)
     grid = load_grid(options.grid)
-    directories = run_grid(grid, options.runs_dir, options.parallel, options.dry_run)
-    if not options.dry_run:
-        grid_dir = directories[0].parent if directories else options.runs_dir
-        print(report(grid_dir, last=options.last, baseline=grid.baseline))
+    try:
+        directories = run_grid(grid, options.runs_dir, options.parallel, options.dry_run, options.progress_every)
+    except GridError as error:
+        print(f"openmix bench: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if options.dry_run:
+        return
+    unfinished = [d for d in directories if not is_done(d)]
+    grid_dir = Path(options.runs_dir) / grid.name
+    if len(unfinished) < len(directories):
+        print(report(grid_dir, last=options.last, baseline=grid.baseline, directories=directories))
         print(f"tables and plots in {grid_dir}")
+    if unfinished:
+        print(f"openmix bench: {len(unfinished)} run(s) did not finish; see their output.log", file=sys.stderr)
+        raise SystemExit(1)
 
 
 def report_command(args: Sequence[str]) -> None:

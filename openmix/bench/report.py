@@ -39,6 +39,7 @@ class RunResult:
     curves: dict[str, list[float]]  # per-epoch validation metrics and training images/s
     wall_time_s: float
     peak_rss_mb: float
+    grid: str = ""  # the grid the run belongs to (run.json's "grid", else its parent folder's name)
 
     def final(self, key: str) -> float:
         values = self.curves.get(key) or [math.nan]
@@ -94,11 +95,26 @@ def read_metrics(*paths: Path) -> tuple[list[int], dict[str, list[float]]]:
     return epochs, {key: [per_epoch[e][key] for e in epochs if key in per_epoch[e]] for key in keys}
 
 
-def load_runs(runs_dir: str | Path) -> list[RunResult]:
-    """Every finished run (``run.json`` with status ``done``) under ``runs_dir``, at any depth."""
+def read_record(path: Path) -> dict[str, Any]:
+    """A ``run.json``; a truncated or corrupt one raises ``ValueError`` naming the file."""
+    try:
+        record = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); delete it to run that run again") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{path} does not hold a run record (a JSON object)")
+    return record
+
+
+def load_runs(runs_dir: str | Path, directories: list[Path] | None = None) -> list[RunResult]:
+    """Every finished run (``run.json`` with status ``done``) under ``runs_dir``, at any depth, or only those of
+    ``directories`` when given (a grid's runs)."""
     results = []
-    for record_path in sorted(Path(runs_dir).rglob("run.json")):
-        record = json.loads(record_path.read_text())
+    paths = sorted(Path(runs_dir).rglob("run.json")) if directories is None else [d / "run.json" for d in directories]
+    for record_path in paths:
+        if not record_path.is_file():
+            continue
+        record = read_record(record_path)
         logs = metric_logs(record_path.parent)
         if record.get("status") != "done" or not logs:
             continue
@@ -108,7 +124,8 @@ def load_runs(runs_dir: str | Path) -> list[RunResult]:
         labels = record.get("labels") or {"run": record_path.parent.name}
         wall_time = (curves.get("train/wall_time_s") or [record["wall_time_s"]])[-1]  # cumulative: the last epoch's
         peak_memory = max([record["peak_rss_mb"], *(curves.get("train/peak_rss_mb") or [])])
-        results.append(RunResult(record_path.parent.name, labels, epochs, curves, wall_time, peak_memory))
+        grid = str(record.get("grid") or record_path.parent.parent.name)
+        results.append(RunResult(record_path.parent.name, labels, epochs, curves, wall_time, peak_memory, grid))
     return results
 
 
@@ -257,17 +274,52 @@ def plot(results: list[RunResult], rows: list[dict], out_dir: Path) -> list[Path
     return paths
 
 
+def missing_runs(directories: list[Path]) -> list[str]:
+    """``name (status: reason)`` for each run of a grid that has no finished result."""
+    missing = []
+    for directory in directories:
+        record_path = directory / "run.json"
+        record = read_record(record_path) if record_path.is_file() else {"status": "not run"}
+        if record.get("status") != "done":
+            reason = f": {record['reason']}" if record.get("reason") else ""
+            missing.append(f"{directory.name} ({record.get('status', '?')}{reason})")
+    return missing
+
+
 def report(
-    runs_dir: str | Path, out_dir: str | Path | None = None, last: int = 10, baseline: dict[str, str] | None = None
+    runs_dir: str | Path,
+    out_dir: str | Path | None = None,
+    last: int = 10,
+    baseline: dict[str, str] | None = None,
+    directories: list[Path] | None = None,
 ) -> str:
-    """Write ``results.md``, ``results.csv`` and the plots into ``out_dir`` (default: ``runs_dir``)."""
-    results = load_runs(runs_dir)
+    """Write ``results.md``, ``results.csv`` and the plots into ``out_dir`` (default: ``runs_dir``).
+
+    With ``directories`` (the run folders of one grid, as ``openmix bench`` passes them) only those runs are
+    reported, and those without a finished result are listed under the table. Without it every finished run under
+    ``runs_dir`` is read; runs of different grids are never merged: each grid gets its own report, in
+    ``out_dir/<grid>`` (default: the grid's own folder)."""
+    results = load_runs(runs_dir, directories)
     if not results:
         raise FileNotFoundError(f"no finished runs (run.json with status 'done') under {runs_dir}")
+    grids = sorted({result.grid for result in results})
+    if directories is None and len(grids) > 1:
+        texts = []
+        for grid in grids:
+            members = [Path(r) for r in sorted(Path(runs_dir).rglob("run.json")) if _grid_of(r) == grid]
+            folder = members[0].parent.parent
+            target = Path(out_dir) / grid if out_dir is not None else folder
+            texts.append(
+                f"## grid {grid} ({target})\n\n" + report(folder, target, last, baseline, [m.parent for m in members])
+            )
+        return "\n".join(texts)
     out = Path(out_dir or runs_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = summarise(results, baseline, last)
     table = markdown_table(rows, last)
+    missing = missing_runs(directories) if directories is not None else []
+    if missing:
+        table += "\nNot in the table (no finished result): " + "; ".join(missing) + ".\n"
     environment_file = Path(runs_dir) / "environment.json"
     if environment_file.is_file():  # written by `openmix bench`: how the table was made
         env = json.loads(environment_file.read_text())
@@ -280,3 +332,8 @@ def report(
     write_csv(rows, out / "results.csv")
     plot(results, rows, out)
     return table
+
+
+def _grid_of(record_path: Path) -> str:
+    record = read_record(record_path)
+    return str(record.get("grid") or record_path.parent.parent.name)

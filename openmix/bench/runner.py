@@ -13,12 +13,21 @@ Each run lives in ``RUNS_DIR/<grid name>/<run name>/``:
 A run whose ``run.json`` says ``done`` is skipped; a run that has a ``last.ckpt`` but is not done (the grid was
 killed) resumes from it with ``--ckpt_path``. So a grid killed at any point loses at most the unfinished epochs of
 the runs in flight and continues where it stopped.
+
+A run folder is reused only for the same experiment: before anything starts, every run's command is resolved to
+its complete configuration (which also rejects a misspelt key at once), and a run whose folder holds a
+``config.yaml`` that resolves differently is refused, with the keys that changed. The ``fit`` processes die with
+the runner (Linux), and a folder has one writer at a time (:class:`~openmix.lightning.loggers.RunLogger` holds
+``run.lock``); the runner never starts a second one.
 """
 
 from __future__ import annotations
 
+import csv
+import functools
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -30,6 +39,7 @@ from typing import Any
 import yaml
 
 from openmix.bench.grid import Grid, Run
+from openmix.lightning.loggers import folder_is_locked
 
 
 def run_directory(runs_dir: str | Path, grid: Grid, run: Run) -> Path:
@@ -64,13 +74,19 @@ def loggers(grid: Grid, run: Run, directory: Path) -> list[dict[str, Any]]:
     return specs
 
 
-def command(grid: Grid, run: Run, directory: Path) -> list[str]:
-    """The ``openmix fit`` command of a run (resuming from ``last.ckpt`` when there is one)."""
-    args = [sys.executable, "-m", "openmix.cli", "fit"]
+def run_arguments(run: Run) -> list[str]:
+    """What a run trains, as ``openmix fit`` arguments: its config files, then its overrides."""
+    args = []
     for config in run.configs:
         args += ["--config", str(config)]
     for key, value in run.overrides.items():
         args.append(f"--{key}={_value(value)}")
+    return args
+
+
+def command(grid: Grid, run: Run, directory: Path) -> list[str]:
+    """The ``openmix fit`` command of a run (resuming from ``last.ckpt`` when there is one)."""
+    args = [sys.executable, "-m", "openmix.cli", "fit", *run_arguments(run)]
     args += [
         f"--trainer.default_root_dir={directory}",
         f"--trainer.logger={json.dumps(loggers(grid, run, directory))}",
@@ -81,6 +97,111 @@ def command(grid: Grid, run: Run, directory: Path) -> list[str]:
     if last.is_file():
         args.append(f"--ckpt_path={last}")
     return args
+
+
+def saved_config(directory: Path) -> dict[str, Any] | None:
+    """The resolved configuration a run folder was made with (from the ``config.yaml`` LightningCLI saved), or
+    ``None`` when the run never got that far."""
+    from openmix.cli import LOCATION_KEYS, resolve_config
+
+    saved = directory / "config.yaml"
+    if not saved.is_file():
+        return None
+    data = yaml.safe_load(saved.read_text()) or {}
+    data = {key: value for key, value in data.items() if key in _fit_keys()}  # not the subcommand's own options
+    for key in LOCATION_KEYS:  # where it wrote is not part of what it trained
+        *parents, last = key.split(".")
+        node = data
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(last, None)
+    copy = directory / ".config-to-compare.yaml"
+    copy.write_text(yaml.safe_dump(data))
+    try:
+        return resolve_config(["--config", str(copy)])
+    except ValueError as error:
+        raise ValueError(f"{saved} no longer parses ({error.args[0].splitlines()[0]})") from None
+    finally:
+        copy.unlink(missing_ok=True)
+
+
+@functools.cache
+def _fit_keys() -> frozenset[str]:
+    """The top-level keys of a resolved run configuration (a saved ``config.yaml`` also has ``fit``'s own
+    options, ``ckpt_path`` and ``weights_only``, which say how to start, not what to train)."""
+    from openmix.cli import resolve_config
+
+    return frozenset(resolve_config([]))
+
+
+def config_changes(before: Any, after: Any, prefix: str = "") -> list[str]:
+    """``key: before -> after`` for every leaf that differs between two resolved configurations."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        changes = []
+        for key in sorted(set(before) | set(after), key=str):
+            name = f"{prefix}.{key}" if prefix else str(key)
+            changes += config_changes(before.get(key, "<absent>"), after.get(key, "<absent>"), name)
+        return changes
+    return [] if before == after else [f"{prefix}: {before!r} -> {after!r}"]
+
+
+def check_runs(grid: Grid, runs: list[Run], directories: list[Path]) -> list[str]:
+    """Problems that stop the grid before anything runs: a run whose arguments do not parse, or whose folder was
+    made by a different configuration (a changed grid under the same name)."""
+    from openmix.cli import resolve_config
+
+    problems = []
+    for run, directory in zip(runs, directories):
+        try:
+            wanted = resolve_config(run_arguments(run))
+        except ValueError as error:
+            problems.append(f"{run.name}: its arguments are not a valid configuration:\n{error}")
+            continue
+        try:
+            made = saved_config(directory)
+        except ValueError as error:
+            problems.append(f"{run.name}: {error}")
+            continue
+        if made is not None and made != wanted:
+            changed = config_changes(made, wanted)
+            shown = "\n    ".join(changed[:10]) + (f"\n    ... {len(changed) - 10} more" if len(changed) > 10 else "")
+            problems.append(
+                f"{run.name}: {directory} holds a run of a different configuration:\n    {shown}\n"
+                "  Give the changed grid another name (or --runs-dir), or delete that folder to run it again."
+            )
+    return problems
+
+
+def failure_reason(directory: Path) -> str:
+    """The line of a failed run's ``output.log`` that says why (the last error line, else the last line)."""
+    log = directory / "output.log"
+    if not log.is_file():
+        return "no output.log"
+    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    errors = [line for line in lines if "Error" in line or "error:" in line or "Exception" in line]
+    return (errors or lines or ["empty output.log"])[-1][:300]
+
+
+def progress(directory: Path) -> tuple[int, float] | None:
+    """(epochs finished, last val/top1) of a run from its ``metrics.csv``, ``None`` before its first epoch."""
+    log = directory / "metrics.csv"
+    if not log.is_file():
+        return None
+    try:
+        with open(log, newline="") as stream:
+            rows = [row for row in csv.DictReader(stream) if row.get("val/top1")]
+    except (OSError, csv.Error):
+        return None
+    return (int(float(rows[-1]["epoch"])) + 1, float(rows[-1]["val/top1"])) if rows else None
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Ask Linux to kill the child when the runner dies (prctl PR_SET_PDEATHSIG), so no fit outlives it."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
 def previous_segments(directory: Path) -> list[dict[str, Any]]:
@@ -98,12 +219,14 @@ def previous_segments(directory: Path) -> list[dict[str, Any]]:
 def execute(grid: Grid, run: Run, directory: Path, threads: int) -> dict[str, Any]:
     """Run one fit process to its end; record status, wall time and peak memory in ``run.json``."""
     directory.mkdir(parents=True, exist_ok=True)
+    if folder_is_locked(directory):  # another fit still writes there (e.g. left by a runner killed elsewhere)
+        return {"status": "busy", "reason": f"another process is writing to {directory}", "labels": run.labels}
     args = command(grid, run, directory)
     segments = previous_segments(directory)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
     start = time.perf_counter()
     with open(directory / "output.log", "a") as log:
-        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
+        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent)
         _, status, usage = os.wait4(process.pid, 0)  # the child's own resource usage
         process.returncode = os.waitstatus_to_exitcode(status)
     # a segment killed with the grid runner itself leaves no record; the training process logs its own cumulative
@@ -121,9 +244,12 @@ def execute(grid: Grid, run: Run, directory: Path, threads: int) -> dict[str, An
         "wall_time_s": sum(segment["wall_time_s"] for segment in segments),
         "peak_rss_mb": max(segment["peak_rss_mb"] for segment in segments),
         "segments": segments,
+        "grid": grid.name,
         "labels": run.labels,
         "command": args,
     }
+    if process.returncode != 0:
+        record["reason"] = failure_reason(directory)
     (directory / "run.json").write_text(json.dumps(record, indent=2))
     return record
 
@@ -161,33 +287,89 @@ def environment(parallel: int) -> dict[str, Any]:
     }
 
 
-def run_grid(grid: Grid, runs_dir: str | Path = "runs", parallel: int = 1, dry_run: bool = False) -> list[Path]:
+class GridError(RuntimeError):
+    """A grid that cannot run as it is (invalid runs, or folders of a different configuration)."""
+
+
+def write_grid_copy(grid: Grid, grid_dir: Path) -> None:
+    """Keep the grid file beside its runs: ``grid.yaml``, and earlier different versions as ``grid.N.yaml``."""
+    text = grid.path.read_text()
+    current = grid_dir / "grid.yaml"
+    if current.is_file() and current.read_text() != text:
+        number = 1 + len(list(grid_dir.glob("grid.*.yaml")))
+        current.rename(grid_dir / f"grid.{number}.yaml")
+    current.write_text(text)
+
+
+def run_grid(
+    grid: Grid, runs_dir: str | Path = "runs", parallel: int = 1, dry_run: bool = False, progress_every: float = 10.0
+) -> list[Path]:
     """Run every unfinished run of ``grid``; returns the run folders (finished ones included). The grid folder
-    also gets a copy of the grid file and ``environment.json`` (updated at every start)."""
+    also gets a copy of the grid file and ``environment.json`` (updated at every start).
+
+    Raises :class:`GridError` before anything runs when a run's arguments do not parse, or when a run folder holds a
+    run of a different configuration. While runs are in flight, their finished epochs are printed (at most every
+    ``progress_every`` seconds)."""
     if parallel < 1:
         raise ValueError(f"parallel must be >= 1, got {parallel}")
     runs = grid.runs()
     directories = [run_directory(runs_dir, grid, run) for run in runs]
+    problems = check_runs(grid, runs, directories)
+    if problems:
+        raise GridError(f"grid {grid.name} ({grid.path}) cannot run:\n" + "\n".join(f"- {p}" for p in problems))
     if not dry_run:
         grid_dir = Path(runs_dir) / grid.name
         grid_dir.mkdir(parents=True, exist_ok=True)
-        (grid_dir / "grid.yaml").write_text(grid.path.read_text())
+        write_grid_copy(grid, grid_dir)
         (grid_dir / "environment.json").write_text(json.dumps(environment(parallel), indent=2))
     pending = [(run, d) for run, d in zip(runs, directories) if not is_done(d)]
     print(f"grid {grid.name}: {len(runs)} runs, {len(runs) - len(pending)} already done, {len(pending)} to run")
     if dry_run:
+        import shlex
+
         for run, directory in pending:
-            print(" ".join(command(grid, run, directory)))
+            print(shlex.join(command(grid, run, directory)))
         return directories
     threads = max(1, (os.cpu_count() or 1) // parallel)
     lock = threading.Lock()
+    in_flight: dict[str, Path] = {}
+    finished = threading.Event()
 
-    def one(item: tuple[Run, Path]) -> None:
+    def one(item: tuple[Run, Path]) -> dict[str, Any]:
         run, directory = item
+        with lock:
+            in_flight[run.name] = directory
         record = execute(grid, run, directory, threads)
         with lock:
-            print(f"  {run.name}: {record['status']} in {record['wall_time_s']:.0f} s", flush=True)
+            in_flight.pop(run.name, None)
+            status = record["status"]
+            line = f"  {run.name}: {status}"
+            if "wall_time_s" in record:
+                line += f" in {record['segments'][-1]['wall_time_s']:.0f} s"
+            if status != "done":
+                line += f": {record.get('reason', '?')}\n    see {directory / 'output.log'}"
+            print(line, flush=True)
+        return record
 
-    with ThreadPoolExecutor(max_workers=parallel) as pool:
-        list(pool.map(one, pending))
+    def report_progress() -> None:
+        shown: dict[str, int] = {}
+        while not finished.wait(progress_every):
+            with lock:
+                flying = dict(in_flight)
+            for name, directory in flying.items():
+                state = progress(directory)
+                if state is not None and shown.get(name) != state[0]:
+                    shown[name] = state[0]
+                    print(f"  {name}: epoch {state[0]} done, val top-1 {100 * state[1]:.2f}%", flush=True)
+
+    monitor = threading.Thread(target=report_progress, daemon=True)
+    monitor.start()
+    try:
+        with ThreadPoolExecutor(max_workers=parallel) as pool:
+            records = list(pool.map(one, pending))
+    finally:
+        finished.set()
+    failed = [(run, record) for (run, _), record in zip(pending, records) if record["status"] != "done"]
+    if failed:
+        print(f"grid {grid.name}: {len(failed)} of {len(pending)} run(s) did not finish", flush=True)
     return directories

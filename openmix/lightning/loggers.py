@@ -13,7 +13,9 @@ with ``dict contains fields not in fieldnames``. ``RunLogger`` keeps one continu
   logger); the ``openmix`` command resolves it when it builds the trainer.
 
 Rows are written to disk after every ``log_metrics`` call, so a killed process loses nothing that the checkpoint it
-resumes from covers.
+resumes from covers. A run folder has one writer at a time: the logger holds an exclusive lock on ``run.lock`` in
+its folder while the process lives (``fcntl.flock``, released by the kernel when the process ends however it ends),
+and a second process that would write there stops with an error.
 """
 
 from __future__ import annotations
@@ -30,6 +32,45 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 METRICS_FILE = "metrics.csv"
+LOCK_FILE = "run.lock"
+
+
+def lock_folder(directory: str | Path) -> Any:
+    """Take the exclusive lock of a run folder; returns the open lock file (keep it open to hold the lock), or
+    ``None`` where file locks are not available. Raises ``RuntimeError`` when another process holds it."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        return None
+    os.makedirs(directory, exist_ok=True)
+    handle = open(os.path.join(directory, LOCK_FILE), "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "?"
+        handle.close()
+        raise RuntimeError(
+            f"{directory} is being written by another process (pid {holder}): one writer per run folder. "
+            "Wait for it to end, or stop it, before resuming this run."
+        ) from None
+    handle.truncate(0)
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
+def folder_is_locked(directory: str | Path) -> bool:
+    """Whether a process holds the lock of a run folder now."""
+    if not os.path.isfile(os.path.join(directory, LOCK_FILE)):
+        return False
+    try:
+        handle = lock_folder(directory)
+    except RuntimeError:
+        return True
+    if handle is not None:
+        handle.close()  # releases the lock at once
+    return False
 
 
 def read_rows(path: str | Path) -> tuple[list[str], list[dict[str, str]]]:
@@ -96,6 +137,7 @@ class RunLogger(CSVLogger):
     ):
         self.follows_trainer_root = save_dir is None
         super().__init__(save_dir or ".", name, version, prefix, flush_logs_every_n_steps)
+        self._lock: Any = None
 
     def set_save_dir(self, save_dir: str | os.PathLike) -> None:
         """Point the logger at ``save_dir`` before anything is written (used for ``save_dir=None``)."""
@@ -108,6 +150,7 @@ class RunLogger(CSVLogger):
     def experiment(self) -> ResumableWriter:
         if self._experiment is None:
             os.makedirs(self.root_dir, exist_ok=True)
+            self._lock = lock_folder(self.log_dir)  # before anything is written: one writer per run folder
             self._experiment = ResumableWriter(log_dir=self.log_dir)
         return self._experiment
 

@@ -1,0 +1,165 @@
+"""The benchmark harness never mixes up experiments: changed grids, typos, two grids in one folder, failed runs,
+a killed runner, one writer per run folder. The commands run as real `openmix` processes, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from openmix.bench.report import report
+from openmix.lightning.loggers import folder_is_locked, lock_folder
+
+ROOT = Path(__file__).resolve().parents[1]
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+needs_fmnist = pytest.mark.skipif(
+    not (FMNIST / "train-images-idx3-ubyte.gz").is_file(), reason="Fashion-MNIST (dataset-fashion-mnist) not installed"
+)
+TINY_ARGS = {
+    "model.init_args.backbone": "resnet10t",
+    "model.init_args.backbone_kwargs": {"channels": [8, 8, 8, 8], "stem_width": 8},
+    "model.init_args.cifar_stem": True,
+    "data.init_args.limit_train": 128,
+    "data.init_args.limit_val": 64,
+    "data.init_args.batch_size": 32,
+    "trainer.max_epochs": 1,
+}
+
+
+def write_grid(folder: Path, name: str = "tiny", axes: dict | None = None, **args) -> Path:
+    spec = {
+        "name": name,
+        "base": [str(ROOT / "configs/trainer/cpu_quick.yaml")],
+        "args": {**TINY_ARGS, **args},
+        "axes": axes or {"mixer": {"vanilla": {"model.init_args.mixer": None}}},
+    }
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def openmix(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "openmix.cli", *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
+
+
+def test_a_misspelt_key_stops_the_grid_before_anything_runs(tmp_path):
+    grid = write_grid(tmp_path, axes={"mixer": {"cutmix": {"model.init_args.mixr": "cutmix"}}})
+    result = openmix("bench", str(grid), "--runs-dir", str(tmp_path / "runs"))
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "mixer=cutmix" in result.stderr and "mixr" in result.stderr
+    assert not (tmp_path / "runs" / "tiny" / "mixer=cutmix").exists(), "nothing may start"
+
+
+@needs_fmnist
+@pytest.mark.slow
+def test_a_changed_grid_is_refused_and_a_failed_run_is_reported(tmp_path):
+    runs = tmp_path / "runs"
+    grid = write_grid(tmp_path)
+    first = openmix("bench", str(grid), "--runs-dir", str(runs), "--last", "1", "--progress-every", "0.2")
+    assert first.returncode == 0, first.stderr[-3000:]
+    folder = runs / "tiny" / "mixer=vanilla"
+    table = (runs / "tiny" / "results.md").read_text()
+    grid_copy = (runs / "tiny" / "grid.yaml").read_text()
+    # the same name, another schedule: refused, nothing rerun, nothing overwritten
+    changed = write_grid(tmp_path, **{"trainer.max_epochs": 2})
+    second = openmix("bench", str(changed), "--runs-dir", str(runs), "--last", "1")
+    assert second.returncode == 2
+    assert "trainer.max_epochs: 1 -> 2" in second.stderr and "mixer=vanilla" in second.stderr
+    assert (runs / "tiny" / "results.md").read_text() == table and (
+        runs / "tiny" / "grid.yaml"
+    ).read_text() == grid_copy
+    assert json.loads((folder / "run.json").read_text())["status"] == "done"
+    # a new run that fails at run time (its data is missing): exit 1, the reason, the log, a marked row
+    broken = write_grid(
+        tmp_path,
+        axes={"mixer": {"vanilla": {"model.init_args.mixer": None}, "mixup": {"data.init_args.root": str(tmp_path)}}},
+    )
+    third = openmix("bench", str(broken), "--runs-dir", str(runs), "--last", "1")
+    assert third.returncode == 1
+    log = runs / "tiny" / "mixer=mixup" / "output.log"
+    assert "mixer=mixup: failed" in third.stdout and str(log) in third.stdout
+    assert "Error" in third.stdout.split("mixer=mixup: failed", 1)[1].splitlines()[0]
+    assert "Not in the table" in (runs / "tiny" / "results.md").read_text()
+    assert "mixer=mixup (failed" in (runs / "tiny" / "results.md").read_text()
+
+
+def fake_run(grid_dir: Path, run: str, grid: str | None, top1: float) -> None:
+    folder = grid_dir / run
+    folder.mkdir(parents=True)
+    lines = ["epoch,step,val/top1,val/top5,val/nll,val/ece,train/images_per_sec", f"0,9,{top1},0.99,0.5,0.05,"]
+    lines.append("0,9,,,,,100.0")
+    (folder / "metrics.csv").write_text("\n".join(lines) + "\n")
+    record = {"status": "done", "labels": {"mixer": run, "seed": "0"}, "wall_time_s": 1.0, "peak_rss_mb": 1.0}
+    if grid is not None:
+        record["grid"] = grid
+    (folder / "run.json").write_text(json.dumps(record))
+
+
+@pytest.mark.parametrize("recorded", [True, False], ids=["grid-in-run-json", "grid-from-folder"])
+def test_report_never_merges_two_grids(tmp_path, recorded):
+    """Two grids with a seed-0 vanilla run each: two reports of 1 seed, not one row of "2 seeds"."""
+    for grid, top1 in (("first", 0.5), ("second", 0.7)):
+        fake_run(tmp_path / grid, "vanilla", grid if recorded else None, top1)
+    text = report(tmp_path, last=1)
+    assert "## grid first" in text and "## grid second" in text
+    for grid, top1 in (("first", "50.00"), ("second", "70.00")):
+        table = (tmp_path / grid / "results.md").read_text()
+        assert f"| vanilla | 1 | {top1} |" in table
+
+
+def test_a_run_folder_has_one_writer(tmp_path):
+    held = lock_folder(tmp_path)
+    try:
+        assert folder_is_locked(tmp_path)
+        with pytest.raises(RuntimeError, match=f"pid {os.getpid()}"):
+            lock_folder(tmp_path)
+    finally:
+        held.close()
+    assert not folder_is_locked(tmp_path)
+
+
+@needs_fmnist
+@pytest.mark.slow
+def test_killing_the_runner_kills_its_runs_and_a_second_writer_is_refused(tmp_path):
+    runs = tmp_path / "runs"
+    grid = write_grid(tmp_path, **{"trainer.max_epochs": 30, "data.init_args.limit_train": 64})
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "openmix.cli", "bench", str(grid), "--runs-dir", str(runs)]
+    output = open(tmp_path / "bench.out", "w")
+    runner = subprocess.Popen([*command, "--progress-every", "0.2"], env=env, stdout=output, stderr=subprocess.STDOUT)
+    folder = runs / "tiny" / "mixer=vanilla"
+    deadline = time.monotonic() + 300
+    while "epoch 2 done" not in (tmp_path / "bench.out").read_text():  # progress while the run is in flight
+        assert time.monotonic() < deadline and runner.poll() is None
+        time.sleep(0.1)
+    child = int((folder / "run.lock").read_text())
+    assert folder_is_locked(folder)
+    # a second writer on the same folder stops at once with a clear error
+    second = openmix(
+        "fit", "--config", str(folder / "config.yaml"), f"--ckpt_path={folder / 'checkpoints' / 'last.ckpt'}"
+    )
+    assert second.returncode != 0 and "being written by another process" in second.stdout + second.stderr
+    runner.send_signal(signal.SIGTERM)  # `kill PID` of the runner only
+    runner.wait(timeout=60)
+    for _ in range(100):  # the fit child follows its parent
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(child, signal.SIGKILL)
+        pytest.fail("the fit process outlived the runner")
+    output.close()
+    assert "mixer=vanilla: epoch 1 done, val top-1" in (tmp_path / "bench.out").read_text()
+    assert not folder_is_locked(folder)
