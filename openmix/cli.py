@@ -79,6 +79,8 @@ class OpenmixCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         if self.subcommand == "fit":
             resume_into_run_folder(self.config["fit"])
+        elif self.subcommand in ("validate", "test", "predict"):
+            evaluate_beside_run(self.config[self.subcommand], self.subcommand)
 
     def instantiate_trainer(self, **kwargs: Any):  # noqa: ANN201
         trainer = super().instantiate_trainer(**kwargs)
@@ -132,6 +134,45 @@ def resume_into_run_folder(config: Any) -> None:
         version_name = checkpoint.parent.parent.name
         number = version_name.removeprefix("version_")
         _set_version(spec, int(number) if number.isdigit() else version_name)
+
+
+def _run_log_dir(config: Any, spec: Any) -> Path | None:
+    """The folder a RunLogger spec writes to, when its version is fixed (``None``: the next free version)."""
+    init_args = spec.get("init_args") or {}
+    version = init_args.get("version")
+    if version is None:
+        return None
+    save_dir = init_args.get("save_dir") or config["trainer"].get("default_root_dir") or "."
+    folder = version if isinstance(version, str) else f"version_{version}"
+    return Path(save_dir) / (init_args.get("name", "lightning_logs") or "") / folder
+
+
+def evaluate_beside_run(config: Any, subcommand: str) -> None:
+    """Send the logs of ``validate`` / ``test`` / ``predict`` to ``<run folder>/<subcommand>/version_N``.
+
+    Evaluating a finished run must not write over it: with the run's own ``config.yaml`` (``--config
+    RUN/config.yaml``) the logger would reopen the run's folder, and LightningCLI would overwrite its
+    ``config.yaml``. The run folder is the one holding the checkpoint (``.../checkpoints/x.ckpt``), else the
+    logger's own fixed folder when it already holds a run."""
+    spec = _run_logger_spec(config["trainer"])
+    if spec is None:
+        return
+    run_folder = None
+    ckpt_path = config.get("ckpt_path")
+    if ckpt_path not in (None, "last", "best", "hpc", "registry") and Path(ckpt_path).parent.name == "checkpoints":
+        run_folder = Path(ckpt_path).resolve().parent.parent
+    else:
+        log_dir = _run_log_dir(config, spec)
+        if log_dir is not None and any((log_dir / name).exists() for name in ("metrics.csv", "config.yaml")):
+            run_folder = log_dir
+    if run_folder is None:
+        return  # a new version folder of its own: nothing to protect
+    if spec.get("init_args") is None:
+        spec["init_args"] = Namespace()
+    spec["init_args"]["save_dir"] = str(run_folder)
+    spec["init_args"]["name"] = subcommand
+    spec["init_args"]["version"] = None
+    rank_zero_info(f"{subcommand} logs go to {run_folder / subcommand}/version_N (the run itself is left as it is)")
 
 
 def _set_version(spec: Any, version: int | str) -> None:

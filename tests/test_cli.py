@@ -227,3 +227,34 @@ def test_cli_builds_each_mixer_as_create_mixer_does(name):
 
     model = _built(["--model.init_args.backbone=resnet10t", f"--model.init_args.mixer={name}"])
     assert repr(model.mixer) == repr(openmix.create_mixer(name))
+
+
+@needs_fmnist
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["bench", "default"])
+def test_evaluating_a_run_writes_beside_it(tmp_path, layout):
+    """`openmix validate/test --config RUN/config.yaml --ckpt_path ...` (the docs' command) leaves the run's
+    metrics.csv and config.yaml as they were and logs into RUN/<subcommand>/version_N."""
+    common = [*TINY_MODEL, *TINY_DATA, "--trainer.max_epochs=1"]
+    if layout == "bench":  # the grid runner's layout: one fixed folder per run
+        run = tmp_path / "run"
+        location = [
+            f"--trainer.default_root_dir={run}",
+            f"--trainer.logger.init_args.save_dir={run}",
+            "--trainer.logger.init_args.name=",
+            "--trainer.logger.init_args.version=",
+            f"--checkpoint.dirpath={run / 'checkpoints'}",
+        ]
+    else:  # the default logger: runs/lightning_logs/version_0 under the root directory
+        run = tmp_path / "lightning_logs" / "version_0"
+        location = [f"--trainer.default_root_dir={tmp_path}"]
+    cli("fit", *common, *location)
+    before = {name: (run / name).read_text() for name in ("metrics.csv", "config.yaml")}
+    for command in ("validate", "test"):
+        result = cli(command, "--config", str(run / "config.yaml"), f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}")
+        assert result.returncode == 0
+        log = run / command / "version_0" / "metrics.csv"
+        stage = "val" if command == "validate" else "test"
+        assert log.is_file() and f"{stage}/top1" in log.read_text()
+    assert {name: (run / name).read_text() for name in before} == before
+    assert sorted(p.name for p in run.parent.iterdir()) == sorted(["run"] if layout == "bench" else ["version_0"])
