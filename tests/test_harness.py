@@ -163,3 +163,22 @@ def test_killing_the_runner_kills_its_runs_and_a_second_writer_is_refused(tmp_pa
     output.close()
     assert "mixer=vanilla: epoch 1 done, val top-1" in (tmp_path / "bench.out").read_text()
     assert not folder_is_locked(folder)
+
+
+def test_report_header_names_the_epochs_it_used_and_plots_keep_colours(tmp_path, monkeypatch):
+    import matplotlib.colors
+    from matplotlib.figure import Figure
+
+    for name, top1 in (("vanilla", 0.5), ("mixup", 0.6), ("cutmix", 0.55)):
+        fake_run(tmp_path / "g", name, "g", top1)
+    figures = []
+    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: figures.append(self))
+    text = report(tmp_path / "g", last=10)
+    assert "median of the last epoch (1 epoch)" in text and "last 10" not in text
+    curves, bars, cost = (figure.axes[0] for figure in figures)
+    line_colours = {line.get_label(): matplotlib.colors.to_hex(line.get_color()) for line in curves.get_lines()}
+    bar_colours = [matplotlib.colors.to_hex(patch.get_facecolor()) for patch in bars.patches]
+    names = [label.get_text() for label in bars.get_xticklabels()]
+    assert dict(zip(names, bar_colours)) == line_colours  # one colour per method across figures
+    assert bars.get_ylim()[0] == 0  # the bar axis is not truncated
+    assert len(set(bar_colours)) == 3

@@ -196,8 +196,12 @@ def _pm(mean: float, std: float, digits: int = 2, seeds: int = 2) -> str:
 
 
 def markdown_table(rows: list[dict], last: int = 10) -> str:
+    # a run shorter than `last` epochs takes the median of all of them: the header says how many were used
+    epochs = max((row.get("epochs", last) for row in rows), default=last)
+    used = min(last, epochs)
+    label = f"median of last {used} epochs" if used > 1 else "median of the last epoch (1 epoch)"
     header = (
-        f"| method | seeds | top-1 (%) | top-1, median of last {last} (%) | top-5 (%) | NLL | ECE (%) | "
+        f"| method | seeds | top-1 (%) | top-1, {label} (%) | top-5 (%) | NLL | ECE (%) | "
         "Δ top-1 vs baseline | wall time (s) | images/s | peak memory (MB) |"
     )
     lines = [header, "|" + "---|" * 11]
@@ -239,16 +243,21 @@ def plot(results: list[RunResult], rows: list[dict], out_dir: Path) -> list[Path
     from matplotlib.ticker import MaxNLocator
 
     methods = group_methods(results)
+    # one colour per method in every figure, in the table's row order
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colours = {row["method"]: palette[number % len(palette)] for number, row in enumerate(rows)}
     paths = [out_dir / "curves.png", out_dir / "top1_bars.png", out_dir / "top1_vs_cost.png"]
     figure, axis = plt.subplots(figsize=(6, 4), layout="constrained")
     for method in methods:
+        colour = colours.get(method.method)
         length = min(len(run.curves["val/top1"]) for run in method.runs)
         per_epoch = [[run.curves["val/top1"][e] * 100 for run in method.runs] for e in range(length)]
         means = [statistics.fmean(v) for v in per_epoch]
         stds = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in per_epoch]
         epochs = list(range(1, length + 1))
-        axis.plot(epochs, means, marker="o", label=method.method)
-        axis.fill_between(epochs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)], alpha=0.2)
+        axis.plot(epochs, means, marker="o", label=method.method, color=colour)
+        low, high = [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)]
+        axis.fill_between(epochs, low, high, alpha=0.2, color=colour)
     axis.set(xlabel="epoch", ylabel="validation top-1 (%)", title="accuracy per epoch (mean ± std over seeds)")
     axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.legend(fontsize=8)
@@ -256,15 +265,19 @@ def plot(results: list[RunResult], rows: list[dict], out_dir: Path) -> list[Path
     plt.close(figure)
     figure, axis = plt.subplots(figsize=(6, 4), layout="constrained")
     names = [row["method"] for row in rows]
-    axis.bar(names, [row["top1"] for row in rows], yerr=[row["top1_std"] for row in rows], capsize=4)
-    low = min(row["top1"] - 2 * max(row["top1_std"], 0.5) for row in rows)
-    axis.set(ylabel="final top-1 (%)", title="final top-1 (error bars: std over seeds)", ylim=(max(low, 0), None))
+    heights, errors = [row["top1"] for row in rows], [row["top1_std"] for row in rows]
+    axis.bar(names, heights, yerr=errors, capsize=4, color=[colours[name] for name in names])
+    for name, height in zip(names, heights):  # the values, since the axis starts at 0 and small gaps look alike
+        axis.annotate(f"{height:.2f}", (name, height), ha="center", va="bottom", fontsize=7, xytext=(0, 2),
+                      textcoords="offset points")  # fmt: skip
+    axis.set(ylabel="final top-1 (%)", title="final top-1 (error bars: std over seeds)", ylim=(0, None))
     axis.tick_params(axis="x", rotation=30)
     figure.savefig(paths[1], dpi=120)
     plt.close(figure)
     figure, axis = plt.subplots(figsize=(6, 4), layout="constrained")
     for row in rows:
-        axis.errorbar(row["images_per_sec"], row["top1"], yerr=row["top1_std"], fmt="o", capsize=3)
+        colour = colours[row["method"]]
+        axis.errorbar(row["images_per_sec"], row["top1"], yerr=row["top1_std"], fmt="o", capsize=3, color=colour)
         axis.annotate(
             row["method"], (row["images_per_sec"], row["top1"]), fontsize=8, xytext=(4, 4), textcoords="offset points"
         )
