@@ -44,16 +44,17 @@ def takes_extractor(name: str) -> bool:
     return "extractor" in inspect.signature(openmix.get_mixer_entry(name).cls.__init__).parameters
 
 
-def build_mixer(name: str, mode: str) -> nn.Module:
-    """The registered mixer with its paper defaults and ``mode``; an extractor is supplied where one is needed."""
+def build_mixer(name: str, mode: str | None) -> nn.Module:
+    """The registered mixer with its paper defaults and ``mode`` (``None``: the mixer's own default); an extractor
+    is supplied where one is needed."""
     entry = openmix.get_mixer_entry(name)
-    kwargs: dict[str, object] = {"mode": mode}
+    kwargs: dict[str, object] = {} if mode is None else {"mode": mode}
     if takes_extractor(name):
         kwargs["extractor"] = BrightnessFeatures(entry.defaults.get("grid", 7))
     return openmix.create_mixer(name, **kwargs)
 
 
-def mix_with(name: str, images: Tensor, labels: Tensor, mode: str, seed: int) -> openmix.MixOutput:
+def mix_with(name: str, images: Tensor, labels: Tensor, mode: str | None, seed: int) -> openmix.MixOutput:
     """One call of mixer ``name`` on the batch, with a generator seeded by ``seed`` (same picture every run)."""
     mixer = build_mixer(name, mode)
     context = {"model": BrightnessFeatures()} if "model" in getattr(mixer, "requires", ()) else {}
@@ -99,7 +100,7 @@ def render_grid(
     images: Tensor,
     labels: Tensor,
     mixer_names: list[str],
-    mode: str = "elem",
+    mode: str | None = "elem",
     seed: int = 0,
     outline: bool = True,
     class_names: Sequence[str] | None = None,
@@ -118,7 +119,8 @@ def render_grid(
             draw_panel(axes[row, col], out, col, outline, class_names, rescale)
         note = " (global blend)" if out.mask is None else ""
         axes[row, 0].set_ylabel(name + note, fontsize=9)
-    caption = f"mode={mode}, seed={seed}; title: lam (share of the sample itself), own / partner class"
+    shown_mode = mode or "each mixer's default"
+    caption = f"mode={shown_mode}, seed={seed}; title: lam (share of the sample itself), own / partner class"
     if outline:
         caption += "; red: edge of the partner's region"
     if any(takes_extractor(name) for name in mixer_names):

@@ -258,3 +258,78 @@ def test_evaluating_a_run_writes_beside_it(tmp_path, layout):
         assert log.is_file() and f"{stage}/top1" in log.read_text()
     assert {name: (run / name).read_text() for name in before} == before
     assert sorted(p.name for p in run.parent.iterdir()) == sorted(["run"] if layout == "bench" else ["version_0"])
+
+
+def _imports_after(*argv: str) -> tuple[set[str], subprocess.CompletedProcess]:
+    """Run `openmix *argv` in a fresh interpreter; return which heavy packages it imported."""
+    code = (
+        "import sys\nfrom openmix.cli import main\n"
+        f"try:\n    main({list(argv)!r})\nexcept SystemExit:\n    pass\n"
+        "print('IMPORTED', sorted(m for m in ('torch', 'lightning', 'scipy', 'timm') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    line = next(line for line in result.stdout.splitlines() if line.startswith("IMPORTED"))
+    return set(yaml.safe_load(line.split(" ", 1)[1])), result
+
+
+@pytest.mark.parametrize(
+    "argv, allowed",
+    [(["--help"], set()), (["report", "/nonexistent"], set()), (["bench", "--help"], set()), (["list"], {"torch"})],
+    ids=["help", "report", "bench-help", "list"],
+)
+def test_verbs_that_do_not_train_do_not_import_lightning(argv, allowed):
+    """Start-up: `openmix --help`, `report` and `bench --help` need neither torch nor Lightning; `list` only torch."""
+    imported, _ = _imports_after(*argv)
+    assert imported <= allowed, imported
+
+
+def test_help_lists_every_verb():
+    result = cli("--help")
+    for verb in ("fit", "validate", "test", "predict", "list", "show", "bench", "report"):
+        assert f"\n  {verb} " in result.stdout
+    unknown = cli("fitt", check=False)
+    assert unknown.returncode == 2 and "did you mean 'fit'" in unknown.stderr
+
+
+def test_show_refuses_what_it_cannot_draw(tmp_path):
+    for argv, message in ((["automix"], "learned during training"), (["cutmix", "--num", "0"], "--num must be")):
+        result = cli("show", *argv, "--out", str(tmp_path / "x.png"), check=False)
+        assert result.returncode == 2 and message in result.stderr
+        assert not (tmp_path / "x.png").exists()
+
+
+def test_show_uses_each_mixers_own_mode():
+    import torch
+
+    from openmix.viz import mix_with
+
+    images, labels = torch.rand(4, 1, 8, 8), torch.arange(4)
+    out = mix_with("cutmix", images, labels, None, seed=0)
+    assert out.mask.shape[0] == 1  # cutmix's own default is one box per batch
+    assert mix_with("cutmix", images, labels, "elem", seed=0).mask.shape[0] == 4
+
+
+def test_bench_dry_run_prints_commands_a_shell_can_run(tmp_path):
+    import shlex
+
+    from openmix.bench import load_grid
+    from openmix.bench.runner import command, run_directory
+
+    spec = {"name": "g", "base": [str(ROOT / "configs/trainer/cpu_quick.yaml")], "args": {"trainer.max_epochs": 1}}
+    spec["axes"] = {"mixer": {"cut mix": {"model.init_args.mixer": "cutmix"}}}  # a label with a space
+    grid_file = tmp_path / "g.yaml"
+    grid_file.write_text(yaml.safe_dump(spec))
+    result = cli("bench", str(grid_file), "--runs-dir", str(tmp_path / "runs"), "--dry-run")
+    grid = load_grid(grid_file)
+    (run,) = grid.runs()
+    printed = [line for line in result.stdout.splitlines() if "openmix.cli" in line]
+    assert [shlex.split(line) for line in printed] == [command(grid, run, run_directory(tmp_path / "runs", grid, run))]
+
+
+@needs_fmnist
+@pytest.mark.slow
+def test_a_normal_fit_prints_no_warning_or_advertisement(tmp_path):
+    result = cli("fit", *TINY_MODEL, *TINY_DATA, "--trainer.max_epochs=1", f"--trainer.default_root_dir={tmp_path}")
+    output = result.stdout + result.stderr
+    for noise in ("litlogger", "args parameter is intended", "LeafSpec", "Warning:"):
+        assert noise not in output, noise

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from openmix.bench.report import report
-from openmix.lightning.loggers import folder_is_locked, lock_folder
+from openmix.bench.run_folder import folder_is_locked, lock_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 FMNIST = Path("/usr/share/datasets/fashion-mnist")

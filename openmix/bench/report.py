@@ -26,8 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scipy import stats
-
 
 @dataclass
 class RunResult:
@@ -152,6 +150,8 @@ def welch_marker(values: list[float], baseline: list[float]) -> tuple[float, str
         return math.nan, "n/a"
     if statistics.pstdev(values) == 0 and statistics.pstdev(baseline) == 0:
         return (0.0 if values[0] != baseline[0] else 1.0), ("**" if values[0] != baseline[0] else "")
+    from scipy import stats  # imported here: `openmix report --help` and the runner need no SciPy
+
     p_value = float(stats.ttest_ind(values, baseline, equal_var=False).pvalue)
     return p_value, "**" if p_value < 0.01 else "*" if p_value < 0.05 else ""
 

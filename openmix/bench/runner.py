@@ -39,7 +39,7 @@ from typing import Any
 import yaml
 
 from openmix.bench.grid import Grid, Run
-from openmix.lightning.loggers import folder_is_locked
+from openmix.bench.run_folder import folder_is_locked
 
 
 def run_directory(runs_dir: str | Path, grid: Grid, run: Run) -> Path:
@@ -102,7 +102,7 @@ def command(grid: Grid, run: Run, directory: Path) -> list[str]:
 def saved_config(directory: Path) -> dict[str, Any] | None:
     """The resolved configuration a run folder was made with (from the ``config.yaml`` LightningCLI saved), or
     ``None`` when the run never got that far."""
-    from openmix.cli import LOCATION_KEYS, resolve_config
+    from openmix.lightning.cli import LOCATION_KEYS, resolve_config
 
     saved = directory / "config.yaml"
     if not saved.is_file():
@@ -130,7 +130,7 @@ def saved_config(directory: Path) -> dict[str, Any] | None:
 def _fit_keys() -> frozenset[str]:
     """The top-level keys of a resolved run configuration (a saved ``config.yaml`` also has ``fit``'s own
     options, ``ckpt_path`` and ``weights_only``, which say how to start, not what to train)."""
-    from openmix.cli import resolve_config
+    from openmix.lightning.cli import resolve_config
 
     return frozenset(resolve_config([]))
 
@@ -149,7 +149,7 @@ def config_changes(before: Any, after: Any, prefix: str = "") -> list[str]:
 def check_runs(grid: Grid, runs: list[Run], directories: list[Path]) -> list[str]:
     """Problems that stop the grid before anything runs: a run whose arguments do not parse, or whose folder was
     made by a different configuration (a changed grid under the same name)."""
-    from openmix.cli import resolve_config
+    from openmix.lightning.cli import resolve_config
 
     problems = []
     for run, directory in zip(runs, directories):

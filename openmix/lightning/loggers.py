@@ -31,46 +31,9 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
+from openmix.bench.run_folder import folder_is_locked, lock_folder  # noqa: F401 (folder_is_locked: re-exported)
+
 METRICS_FILE = "metrics.csv"
-LOCK_FILE = "run.lock"
-
-
-def lock_folder(directory: str | Path) -> Any:
-    """Take the exclusive lock of a run folder; returns the open lock file (keep it open to hold the lock), or
-    ``None`` where file locks are not available. Raises ``RuntimeError`` when another process holds it."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock
-        return None
-    os.makedirs(directory, exist_ok=True)
-    handle = open(os.path.join(directory, LOCK_FILE), "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.seek(0)
-        holder = handle.read().strip() or "?"
-        handle.close()
-        raise RuntimeError(
-            f"{directory} is being written by another process (pid {holder}): one writer per run folder. "
-            "Wait for it to end, or stop it, before resuming this run."
-        ) from None
-    handle.truncate(0)
-    handle.write(str(os.getpid()))
-    handle.flush()
-    return handle
-
-
-def folder_is_locked(directory: str | Path) -> bool:
-    """Whether a process holds the lock of a run folder now."""
-    if not os.path.isfile(os.path.join(directory, LOCK_FILE)):
-        return False
-    try:
-        handle = lock_folder(directory)
-    except RuntimeError:
-        return True
-    if handle is not None:
-        handle.close()  # releases the lock at once
-    return False
 
 
 def read_rows(path: str | Path) -> tuple[list[str], list[dict[str, str]]]:
