@@ -333,3 +333,17 @@ def test_a_normal_fit_prints_no_warning_or_advertisement(tmp_path):
     output = result.stdout + result.stderr
     for noise in ("litlogger", "args parameter is intended", "LeafSpec", "Warning:"):
         assert noise not in output, noise
+
+
+def test_a_model_argument_the_data_sets_is_refused(tmp_path):
+    config = tmp_path / "model.yaml"
+    config.write_text("model:\n  init_args:\n    num_classes: 5\n")
+    for args in (["--model.init_args.num_classes=5"], ["--config", str(config)]):
+        result = cli("fit", *args, "--print_config", check=False)
+        assert result.returncode != 0 and "set by the data module" in result.stderr, args
+
+
+def test_a_misspelt_mixer_is_one_clear_line(tmp_path):
+    result = cli("fit", "--model.init_args.mixer=cutmx", f"--trainer.default_root_dir={tmp_path}", check=False)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "unknown mixer 'cutmx'; did you mean 'cutmix'" in result.stderr.strip().splitlines()[-1]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -85,6 +86,22 @@ class OpenmixCLI(LightningCLI):
         parser.add_lightning_class_args(LearningRateLogger, "lr_monitor")
         parser.set_defaults({"lr_monitor.logging_interval": "epoch"})
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        refuse_linked_arguments(list(sys.argv[1:] if args is None else args))
+        super().parse_arguments(parser, args)
+
+    def instantiate_classes(self) -> None:
+        """Build model, data and trainer; a bad argument stops with its own message on one line, not with the
+        chained tracebacks of jsonargparse's union checks."""
+        try:
+            super().instantiate_classes()
+        except (ValueError, TypeError) as error:
+            root = error
+            while (root.__cause__ or root.__context__) is not None:
+                root = root.__cause__ or root.__context__
+            command = f"openmix {self.subcommand}" if self.subcommand else "openmix"
+            raise SystemExit(f"{command}: {type(root).__name__}: {root}") from None
+
     def before_instantiate_classes(self) -> None:
         if self.subcommand == "fit":
             resume_into_run_folder(self.config["fit"])
@@ -97,6 +114,34 @@ class OpenmixCLI(LightningCLI):
             if isinstance(logger, RunLogger) and logger.follows_trainer_root:
                 logger.set_save_dir(trainer.default_root_dir)
         return trainer
+
+
+LINKED = {"num_classes": "data", "in_chans": "data"}  # model arguments the data module sets
+
+
+def refuse_linked_arguments(args: list[str]) -> None:
+    """A model argument that the data module sets (``num_classes``, ``in_chans``) given on the command line or in a
+    config file would be silently replaced: refuse it, naming where it came from."""
+    import yaml
+
+    configs = [args[i + 1] for i, arg in enumerate(args[:-1]) if arg == "--config"]
+    configs += [arg.split("=", 1)[1] for arg in args if arg.startswith("--config=")]
+    for name in LINKED:
+        given = [arg for arg in args if arg.split("=", 1)[0] in (f"--model.init_args.{name}", f"--model.{name}")]
+        for config in configs:
+            try:
+                data = yaml.safe_load(Path(config).read_text()) or {}
+            except (OSError, yaml.YAMLError):
+                continue  # the parser reports unreadable config files itself
+            model = (data.get("model") or {}) if isinstance(data, dict) else {}
+            init_args = (model.get("init_args") or {}) if isinstance(model, dict) else {}
+            if isinstance(init_args, dict) and name in init_args:
+                given.append(f"{config} (model.init_args.{name})")
+        if given:
+            raise SystemExit(
+                f"openmix: model.init_args.{name} is set by the data module (data.{name}), so {given[0]} would be "
+                "ignored; choose the data module instead (a data config, or --data and its arguments)"
+            )
 
 
 def _run_logger_spec(trainer_config: Any) -> Any:
