@@ -347,3 +347,12 @@ def test_a_misspelt_mixer_is_one_clear_line(tmp_path):
     result = cli("fit", "--model.init_args.mixer=cutmx", f"--trainer.default_root_dir={tmp_path}", check=False)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "unknown mixer 'cutmx'; did you mean 'cutmix'" in result.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint", b"PK\x03\x04truncated"], ids=["empty", "text", "cut"])
+def test_a_bad_checkpoint_file_is_named(tmp_path, content):
+    checkpoint = tmp_path / "last.ckpt"
+    checkpoint.write_bytes(content)
+    result = cli("validate", f"--ckpt_path={checkpoint}", "--trainer.logger=false", check=False)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert f"{checkpoint} is not a PyTorch checkpoint" in result.stderr

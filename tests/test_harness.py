@@ -182,3 +182,13 @@ def test_report_header_names_the_epochs_it_used_and_plots_keep_colours(tmp_path,
     assert dict(zip(names, bar_colours)) == line_colours  # one colour per method across figures
     assert bars.get_ylim()[0] == 0  # the bar axis is not truncated
     assert len(set(bar_colours)) == 3
+
+
+def test_a_corrupt_run_record_is_named(tmp_path):
+    grid = write_grid(tmp_path)
+    folder = tmp_path / "runs" / "tiny" / "mixer=vanilla"
+    folder.mkdir(parents=True)
+    (folder / "run.json").write_text('{"status": "do')  # cut while written
+    result = openmix("bench", str(grid), "--runs-dir", str(tmp_path / "runs"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"{folder / 'run.json'} is not valid JSON" in result.stderr

@@ -47,8 +47,11 @@ def run_directory(runs_dir: str | Path, grid: Grid, run: Run) -> Path:
 
 
 def is_done(directory: Path) -> bool:
+    """Whether the run's ``run.json`` says ``done`` (a corrupt one raises ``ValueError`` naming it)."""
+    from openmix.bench.report import read_record
+
     record = directory / "run.json"
-    return record.is_file() and json.loads(record.read_text()).get("status") == "done"
+    return record.is_file() and read_record(record).get("status") == "done"
 
 
 def _value(value: Any) -> str:
@@ -206,10 +209,12 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
 
 def previous_segments(directory: Path) -> list[dict[str, Any]]:
     """The processes a run's ``run.json`` recorded before this one (empty for a new run)."""
+    from openmix.bench.report import read_record
+
     record = directory / "run.json"
     if not record.is_file():
         return []
-    data = json.loads(record.read_text())
+    data = read_record(record)
     if "segments" in data:
         return list(data["segments"])
     keys = ("returncode", "wall_time_s", "peak_rss_mb")

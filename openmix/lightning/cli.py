@@ -89,6 +89,9 @@ class OpenmixCLI(LightningCLI):
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         refuse_linked_arguments(list(sys.argv[1:] if args is None else args))
         super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        if subcommand is not None:  # before LightningCLI reads the checkpoint's hyperparameters
+            check_checkpoint_file(self.config[subcommand].get("ckpt_path"))
 
     def instantiate_classes(self) -> None:
         """Build model, data and trainer; a bad argument stops with its own message on one line, not with the
@@ -114,6 +117,23 @@ class OpenmixCLI(LightningCLI):
             if isinstance(logger, RunLogger) and logger.follows_trainer_root:
                 logger.set_save_dir(trainer.default_root_dir)
         return trainer
+
+
+def check_checkpoint_file(ckpt_path: Any) -> None:
+    """A ``--ckpt_path`` that names a file must be a PyTorch checkpoint (a zip archive, as ``torch.save`` writes
+    it): a truncated or foreign file stops here with its name, not deep inside ``torch.load``."""
+    import zipfile
+
+    if not isinstance(ckpt_path, str) or ckpt_path in ("last", "best", "hpc", "registry"):
+        return
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise SystemExit(f"openmix: checkpoint file not found: {path}")
+    if not zipfile.is_zipfile(path):
+        raise SystemExit(
+            f"openmix: {path} is not a PyTorch checkpoint (not a complete zip archive: truncated, still being "
+            "written, or another kind of file)"
+        )
 
 
 LINKED = {"num_classes": "data", "in_chans": "data"}  # model arguments the data module sets
