@@ -11,8 +11,10 @@ The objective modules (``SoftTargetCrossEntropy``, ``MixedBinaryCrossEntropy``, 
 from __future__ import annotations
 
 import math
+import numbers
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -23,8 +25,35 @@ if TYPE_CHECKING:  # MixOutput imports this module; the type is only needed for 
 REDUCTIONS = ("mean", "sum", "none")
 
 
+def _is_real(value: Any) -> bool:
+    """A Python or NumPy int / float scalar (``numbers.Real``), not a bool: np.float32 counts like float."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def _check_bool(value: Any, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
+    return bool(value)
+
+
+def _check_tensor(value: Any, name: str, dims: tuple[int, ...] | None = None) -> Tensor:
+    """``value`` if it is a tensor (with one of ``dims`` dimensions), else a ``TypeError`` / ``ValueError`` naming
+    ``name``."""
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if dims is not None and value.dim() not in dims:
+        shapes = " or ".join({1: "(B,)", 2: "(B, K)"}.get(d, f"{d}-d") for d in dims)
+        raise ValueError(f"{name} must have shape {shapes}, got {tuple(value.shape)}")
+    return value
+
+
+def _check_mix(mix: Any) -> None:
+    if not callable(getattr(mix, "soft_targets", None)):
+        raise TypeError(f"mix must be the mixer's MixOutput, got {type(mix).__name__}")
+
+
 def _check_smoothing(smoothing: Any) -> float:
-    if isinstance(smoothing, bool) or not isinstance(smoothing, (int, float)):
+    if not _is_real(smoothing):
         raise TypeError(f"smoothing must be a number, got {type(smoothing).__name__}")
     if not 0.0 <= smoothing < 1.0 or math.isnan(smoothing):
         raise ValueError(f"smoothing must lie in [0, 1), got {smoothing}")
@@ -32,9 +61,19 @@ def _check_smoothing(smoothing: Any) -> float:
 
 
 def _check_eta(eta: Any) -> float:
-    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta) or eta < 0:
+    if not _is_real(eta) or not math.isfinite(eta) or eta < 0:
         raise ValueError(f"eta must be a finite number >= 0, got {eta!r}")
     return float(eta)
+
+
+def _check_threshold(target_threshold: Any) -> float | None:
+    if target_threshold is None:
+        return None
+    if not _is_real(target_threshold):
+        raise TypeError(f"target_threshold must be a number in [0, 1) or None, got {target_threshold!r}")
+    if not 0.0 <= target_threshold < 1.0:
+        raise ValueError(f"target_threshold must lie in [0, 1) or be None, got {target_threshold}")
+    return float(target_threshold)
 
 
 def _reduce(loss: Tensor, reduction: str) -> Tensor:
@@ -53,8 +92,10 @@ def one_hot_targets(y: Tensor, num_classes: int, smoothing: float = 0.0) -> Tens
     Smoothing moves ``smoothing`` of the mass to the uniform distribution: ``t * (1 - s) + s / K``.
     """
     smoothing = _check_smoothing(smoothing)
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+    if not isinstance(num_classes, numbers.Integral) or isinstance(num_classes, (bool, np.bool_)) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    num_classes = int(num_classes)
+    _check_tensor(y, "y")
     if y.dim() == 1:
         if y.dtype != torch.int64:
             raise TypeError(f"y with shape (B,) must hold int64 class ids, got {y.dtype}")
@@ -76,12 +117,15 @@ def mix_targets(y_a: Tensor, y_b: Tensor, lam: Tensor, num_classes: int, smoothi
     """(B, K) float32 ``lam * t(y_a) + (1 - lam) * t(y_b)`` with t from :func:`one_hot_targets`."""
     target_a = one_hot_targets(y_a, num_classes, smoothing)
     target_b = one_hot_targets(y_b, num_classes, smoothing)
+    _check_tensor(lam, "lam")
     lam = lam.to(device=target_a.device, dtype=torch.float32).reshape(-1, 1)
     return torch.lerp(target_b, target_a, lam)
 
 
 def soft_target_cross_entropy(logits: Tensor, targets: Tensor, reduction: str = "mean") -> Tensor:
     """Cross entropy against a target distribution: ``-sum_k t_k log softmax(z)_k`` per sample."""
+    _check_tensor(logits, "logits")
+    _check_tensor(targets, "targets")
     if logits.shape != targets.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} must have the same shape")
     loss = -(targets * F.log_softmax(logits.float(), dim=-1)).sum(dim=-1)
@@ -96,8 +140,11 @@ def binary_cross_entropy(
     With ``target_threshold`` the targets are binarised first (``t > threshold``), so every class present in the
     mix above that share counts as a positive. The per-sample loss is the mean over classes.
     """
+    _check_tensor(logits, "logits")
+    _check_tensor(targets, "targets")
     if logits.shape != targets.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} must have the same shape")
+    target_threshold = _check_threshold(target_threshold)
     if target_threshold is not None:
         targets = targets.gt(target_threshold).to(targets.dtype)
     loss = F.binary_cross_entropy_with_logits(logits.float(), targets.float(), reduction="none").mean(dim=-1)
@@ -107,7 +154,7 @@ def binary_cross_entropy(
 def _check_lam_eps(lam_eps: Any) -> float | None:
     if lam_eps is None:
         return None
-    if isinstance(lam_eps, bool) or not isinstance(lam_eps, (int, float)) or not 0.0 <= lam_eps < 0.5:
+    if not _is_real(lam_eps) or not 0.0 <= lam_eps < 0.5:
         raise ValueError(f"lam_eps must be None or a number in [0, 0.5), got {lam_eps!r}")
     return float(lam_eps)
 
@@ -149,7 +196,11 @@ def decoupled_regularizer(
             lam exactly 0 or 1); ``None`` skips none for their lam.
     """
     lam_eps = _check_lam_eps(lam_eps)
+    lam_weighted = _check_bool(lam_weighted, "lam_weighted")
+    _check_tensor(logits, "logits", dims=(2,))
+    _check_tensor(lam, "lam")
     for name, labels in (("y_a", y_a), ("y_b", y_b)):
+        _check_tensor(labels, name)
         if labels.dim() != 1 or labels.dtype != torch.int64:
             raise TypeError(f"{name} must be (B,) int64 class ids for the decoupled regularizer, got {labels.dtype}")
     logits = logits.float()
@@ -189,6 +240,8 @@ class SoftTargetCrossEntropy(nn.Module):
         self.smoothing = _check_smoothing(smoothing)
 
     def forward(self, logits: Tensor, mix: MixOutput) -> Tensor:
+        _check_tensor(logits, "logits", dims=(2,))
+        _check_mix(mix)
         return soft_target_cross_entropy(logits, mix.soft_targets(logits.shape[-1], self.smoothing))
 
 
@@ -200,11 +253,11 @@ class MixedBinaryCrossEntropy(nn.Module):
     def __init__(self, smoothing: float = 0.0, target_threshold: float | None = None):
         super().__init__()
         self.smoothing = _check_smoothing(smoothing)
-        if target_threshold is not None and not 0.0 <= float(target_threshold) < 1.0:
-            raise ValueError(f"target_threshold must lie in [0, 1) or be None, got {target_threshold}")
-        self.target_threshold = target_threshold
+        self.target_threshold = _check_threshold(target_threshold)
 
     def forward(self, logits: Tensor, mix: MixOutput) -> Tensor:
+        _check_tensor(logits, "logits", dims=(2,))
+        _check_mix(mix)
         targets = mix.soft_targets(logits.shape[-1], self.smoothing)
         return binary_cross_entropy(logits, targets, self.target_threshold)
 
@@ -231,10 +284,12 @@ class DecoupledMixupLoss(nn.Module):
         super().__init__()
         self.eta = _check_eta(eta)
         self.smoothing = _check_smoothing(smoothing)
-        self.lam_weighted = bool(lam_weighted)
+        self.lam_weighted = _check_bool(lam_weighted, "lam_weighted")
         self.lam_eps = _check_lam_eps(lam_eps)
 
     def forward(self, logits: Tensor, mix: MixOutput) -> Tensor:
+        _check_tensor(logits, "logits", dims=(2,))
+        _check_mix(mix)
         mixed = soft_target_cross_entropy(logits, mix.soft_targets(logits.shape[-1], self.smoothing))
         # soft (B, K) labels: the decoupled term pits the two arg-max classes against each other
         y_a = mix.y_a if mix.y_a.dim() == 1 else mix.y_a.argmax(dim=-1)
@@ -255,6 +310,9 @@ class RegMixupLoss(nn.Module):
         self.smoothing = _check_smoothing(smoothing)
 
     def forward(self, logits: Tensor, mix: MixOutput, clean_logits: Tensor) -> Tensor:
+        _check_tensor(logits, "logits", dims=(2,))
+        _check_tensor(clean_logits, "clean_logits", dims=(2,))
+        _check_mix(mix)
         num_classes = logits.shape[-1]
         clean_targets = one_hot_targets(mix.y_a, num_classes, self.smoothing)
         mixed_targets = mix.soft_targets(num_classes, self.smoothing)

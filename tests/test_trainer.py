@@ -228,3 +228,44 @@ def test_soft_targets_use_the_label_weight():
     targets = out.soft_targets(4)
     expected = 0.2 * nn.functional.one_hot(y, 4) + 0.8 * nn.functional.one_hot(y[[1, 0, 3, 2]], 4)
     torch.testing.assert_close(targets, expected.float())
+
+
+def test_images_per_second_counts_training_only(tmp_path):
+    """Validation runs inside Lightning's training epoch; its time is not training throughput."""
+    import time
+
+    from lightning.pytorch.callbacks import Callback
+
+    class SlowValidation(MixClassifier):
+        def validation_step(self, batch, batch_idx):
+            time.sleep(1.0)
+            return super().validation_step(batch, batch_idx)
+
+    class EpochClock(Callback):  # the epoch's length and the validation inside it, measured from outside
+        def on_train_epoch_start(self, trainer, module):
+            self.start, self.validation = time.perf_counter(), 0.0
+
+        def on_validation_epoch_start(self, trainer, module):
+            self.validation_start = time.perf_counter()
+
+        def on_validation_epoch_end(self, trainer, module):
+            self.validation += time.perf_counter() - self.validation_start
+
+        def on_train_epoch_end(self, trainer, module):
+            self.total = time.perf_counter() - self.start
+
+    torch.manual_seed(0)
+    model = SlowValidation(**TINY, num_classes=4, in_chans=1, mixer="mixup")
+    x, y = batch(32, 12)
+    clock = EpochClock()
+    trainer = L.Trainer(
+        max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, num_sanity_val_steps=0, callbacks=[clock],
+    )  # fmt: skip
+    loader = DataLoader(TensorDataset(x, y), batch_size=8)
+    trainer.fit(model, loader, DataLoader(TensorDataset(x[:16], y[:16]), batch_size=8))
+    logged = float(trainer.callback_metrics["train/images_per_sec"])
+    assert clock.validation > 2.0  # two validation batches of 1 s inside the epoch
+    training = clock.total - clock.validation
+    assert logged * training == pytest.approx(32, rel=0.05)  # 32 images over the training time alone
+    assert logged * clock.total > 32 * 1.05  # not over the whole epoch

@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import abc
 import gzip
+import numbers
+import os
 import pickle
+import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -77,7 +80,69 @@ PADDING_MODES = ("constant", "edge", "reflect", "symmetric")
 INTERPOLATIONS = {"bilinear": v2.InterpolationMode.BILINEAR, "bicubic": v2.InterpolationMode.BICUBIC}
 
 
+# Seeds: any int in [0, MAX_SEED]. NumPy's SeedSequence takes any non-negative int, but torch's ``manual_seed`` takes
+# at most 2**64 - 1, and the samplers seed with ``seed + epoch``.
+MAX_SEED = 2**63 - 1
+
+
+class DataFileError(ValueError):
+    """A data file that exists but cannot be used: truncated, corrupt, in another format, or holding values that do
+    not fit the dataset. The message starts with the file's path and says what is wrong with it."""
+
+
+class DataFolderError(ValueError):
+    """An image-folder dataset whose folders do not fit together (e.g. train and val with different class folders).
+    The message names the folders and the classes."""
+
+
+def check_seed(seed: Any, name: str = "seed") -> int:
+    """``seed`` as an int in [0, 2**63 - 1]; a ``TypeError`` / ``ValueError`` naming ``name`` otherwise."""
+    if not isinstance(seed, numbers.Integral) or isinstance(seed, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an int in [0, 2**63 - 1], got {type(seed).__name__} {seed!r}")
+    if not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"{name} must be an int in [0, 2**63 - 1], got {seed}")
+    return int(seed)
+
+
+def _check_int(value: Any, name: str, low: int, allow_none: bool = False) -> int | None:
+    """``value`` as an int >= ``low`` (or ``None`` when allowed); a ``TypeError`` / ``ValueError`` naming ``name``."""
+    if value is None and allow_none:
+        return None
+    wanted = f"an int >= {low}" + (" or None" if allow_none else "")
+    if not isinstance(value, numbers.Integral) or isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be {wanted}, got {type(value).__name__} {value!r}")
+    if value < low:
+        raise ValueError(f"{name} must be {wanted}, got {value}")
+    return int(value)
+
+
 # ----------------------------------------------------------------------------------------------------------- readers
+def _read_bytes(path: Path) -> bytes:
+    """The content of ``path``, gunzipped when it starts with the gzip magic bytes (whatever its name).
+
+    Raises:
+        DataFileError: a truncated or corrupt gzip stream (instead of ``EOFError`` / ``BadGzipFile`` / ``zlib.error``).
+    """
+    with open(path, "rb") as file:
+        is_gzip = file.read(2) == b"\x1f\x8b"
+        if not is_gzip:
+            file.seek(0)
+            return file.read()
+    try:
+        with gzip.open(path, "rb") as file:
+            return file.read()
+    except EOFError as error:
+        raise DataFileError(
+            f"{path}: truncated gzip file ({error}); the download or copy was cut short: delete it and fetch it again"
+        ) from None
+    except (gzip.BadGzipFile, zlib.error, OSError) as error:
+        if isinstance(error, (FileNotFoundError, PermissionError, IsADirectoryError)):
+            raise
+        raise DataFileError(
+            f"{path}: corrupt gzip file ({type(error).__name__}: {error}); delete it and fetch it again"
+        ) from None
+
+
 def read_idx(path: str | Path) -> np.ndarray:
     """Read an MNIST-style idx file, gzipped or raw (told apart by the gzip magic bytes, not by the name).
 
@@ -88,26 +153,27 @@ def read_idx(path: str | Path) -> np.ndarray:
         A writable array with the header's shape in native byte order: uint8 images (N, H, W) or labels (N,).
 
     Raises:
-        ValueError: the magic number is not an idx one, or the data size does not match the header.
+        DataFileError: (a ``ValueError``) naming the file: a truncated or corrupt gzip stream, a magic number that
+            is not an idx one, or a data size that does not match the header.
     """
     path = Path(path)
-    with open(path, "rb") as file:
-        is_gzip = file.read(2) == b"\x1f\x8b"
-    with gzip.open(path, "rb") if is_gzip else open(path, "rb") as file:
-        data = file.read()
+    data = _read_bytes(path)
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in IDX_DTYPES:
-        raise ValueError(
+        raise DataFileError(
             f"{path}: not an idx file (magic number 0x{data[:4].hex()}; expected 0x0000TTNN with type TT in "
             "08, 09, 0B-0E and NN dimensions, e.g. 0x00000803 for images, 0x00000801 for labels)"
         )
     dtype, ndim = IDX_DTYPES[data[2]], data[3]
     offset = 4 + 4 * ndim
     if len(data) < offset:
-        raise ValueError(f"{path}: idx header truncated ({len(data)} bytes, {ndim} dimensions announced)")
+        raise DataFileError(f"{path}: idx header truncated ({len(data)} bytes, {ndim} dimensions announced)")
     shape = tuple(int(size) for size in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
     expected = int(np.prod(shape)) * dtype.itemsize
     if len(data) - offset != expected:
-        raise ValueError(f"{path}: header says shape {shape} ({expected} bytes) but {len(data) - offset} bytes follow")
+        problem = "the file is truncated" if len(data) - offset < expected else "extra bytes follow the data"
+        raise DataFileError(
+            f"{path}: header says shape {shape} ({expected} bytes) but {len(data) - offset} bytes follow ({problem})"
+        )
     return np.frombuffer(data, dtype=dtype, offset=offset).reshape(shape).astype(dtype.newbyteorder("="))
 
 
@@ -146,8 +212,19 @@ def load_fashion_mnist(root: str | Path, train: bool) -> tuple[np.ndarray, np.nd
     """
     images_path, labels_path = fashion_mnist_files(root, train)
     images, labels = read_idx(images_path), read_idx(labels_path)
-    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-        raise ValueError(f"{images_path} {images.shape} and {labels_path} {labels.shape} do not pair up")
+    if images.dtype != np.uint8 or images.shape[1:] != (28, 28):
+        raise DataFileError(
+            f"{images_path}: expected uint8 images of shape (N, 28, 28), got {images.dtype} {images.shape}"
+        )
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise DataFileError(f"{labels_path}: expected integer labels of shape (N,), got {labels.dtype} {labels.shape}")
+    if len(images) != len(labels):
+        raise DataFileError(f"{images_path} holds {len(images)} images but {labels_path} {len(labels)} labels")
+    if labels.size and (labels.min() < 0 or labels.max() >= len(FASHION_MNIST_CLASSES)):
+        raise DataFileError(
+            f"{labels_path}: labels must lie in [0, {len(FASHION_MNIST_CLASSES)}), got min {labels.min()}, "
+            f"max {labels.max()}"
+        )
     return images, labels.astype(np.int64)
 
 
@@ -159,28 +236,77 @@ def cifar_directory(root: str | Path, num_classes: int, train: bool) -> Path:
     folder, train_names, test_names = CIFAR_LAYOUTS[num_classes][:3]
     names = train_names if train else test_names
     root = Path(root)
-    for directory in (root / folder, root):
+    candidates = (root / folder, root)
+    for directory in candidates:
         if all((directory / name).is_file() for name in names):
             return directory
+    for directory in candidates:  # a folder with some of the batches: name the ones it lacks
+        missing = [name for name in names if not (directory / name).is_file()]
+        if len(missing) < len(names):
+            found = [name for name in names if name not in missing]
+            raise FileNotFoundError(
+                f"CIFAR-{num_classes} batch file(s) {', '.join(missing)} missing from {directory} (found "
+                f"{', '.join(found)}); copy or extract the whole archive again, or set `download: true` on the data "
+                "module to fetch it with torchvision."
+            )
     raise FileNotFoundError(
         f"CIFAR-{num_classes} batches {', '.join(names)} not found in {root / folder} nor in {root}; "
         "set `download: true` on the data module to fetch them with torchvision."
     )
 
 
-def _unpickle(path: Path) -> dict[str, Any]:
-    # The official batches are Python 2 pickles with bytes keys; only read files you trust (pickle runs code).
+def _unpickle(path: Path, keys: Sequence[str] = ()) -> dict[str, Any]:
+    """A CIFAR pickle as a dict with str keys; a ``DataFileError`` naming the file when it is truncated, not a
+    pickle, not a dict, or lacks one of ``keys``.
+
+    The official batches are Python 2 pickles with bytes keys; only read files you trust (pickle runs code)."""
     with open(path, "rb") as file:
-        entry = pickle.load(file, encoding="bytes")
-    return {key.decode() if isinstance(key, bytes) else key: value for key, value in entry.items()}
+        try:
+            entry = pickle.load(file, encoding="bytes")
+        except EOFError:
+            raise DataFileError(
+                f"{path}: empty or truncated pickle; extract or download the CIFAR archive again"
+            ) from None
+        except Exception as error:  # a corrupt pickle raises nearly anything (UnpicklingError, KeyError, ValueError...)
+            detail = " ".join(str(error).split())  # one line
+            kind = "truncated pickle" if "truncated" in detail else "not a readable CIFAR pickle"
+            raise DataFileError(
+                f"{path}: {kind} ({type(error).__name__}: {detail}); extract or download the CIFAR archive again"
+            ) from None
+    if not isinstance(entry, dict):
+        raise DataFileError(f"{path}: expected a pickled dict (a CIFAR batch), got a {type(entry).__name__}")
+    entry = {key.decode() if isinstance(key, bytes) else key: value for key, value in entry.items()}
+    missing = [key for key in keys if key not in entry]
+    if missing:
+        raise DataFileError(
+            f"{path}: no {', '.join(map(repr, missing))} entry in this CIFAR pickle (keys: {sorted(map(str, entry))})"
+        )
+    return entry
 
 
-def _read_cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
-    entry = _unpickle(path)
-    data = np.asarray(entry["data"], dtype=np.uint8)
-    labels = np.asarray(entry[label_key], dtype=np.int64)
-    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(labels) != len(data):
-        raise ValueError(f"{path}: expected data (N, 3072) and N {label_key}, got {data.shape} and {labels.shape}")
+def _read_cifar_batch(path: Path, label_key: str, num_classes: int = 100) -> tuple[np.ndarray, np.ndarray]:
+    entry = _unpickle(path, ("data", label_key))
+    try:
+        data = np.asarray(entry["data"])
+        labels = np.asarray(entry[label_key])
+    except (TypeError, ValueError) as error:
+        raise DataFileError(f"{path}: 'data' and {label_key!r} must be arrays ({error})") from None
+    if not np.issubdtype(data.dtype, np.integer) or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise DataFileError(
+            f"{path}: 'data' must be uint8 rows of 3072 pixels (N, 3072), got {data.dtype} {data.shape}"
+        )
+    if data.dtype != np.uint8 and data.size and (data.min() < 0 or data.max() > 255):
+        raise DataFileError(f"{path}: 'data' must hold pixel values in [0, 255], got {data.min()} to {data.max()}")
+    data = data.astype(np.uint8, copy=False)
+    if labels.shape != (len(data),) or not (labels.size == 0 or np.issubdtype(labels.dtype, np.integer)):
+        raise DataFileError(
+            f"{path}: {label_key!r} must hold one integer per image ({len(data)}), got {labels.dtype} {labels.shape}"
+        )
+    labels = labels.astype(np.int64)
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise DataFileError(
+            f"{path}: {label_key!r} must lie in [0, {num_classes}), got min {labels.min()}, max {labels.max()}"
+        )
     # Each row is channel-major: 1024 red, 1024 green, 1024 blue values, each plane row-major. -> (N, 32, 32, 3)
     return np.ascontiguousarray(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)), labels
 
@@ -199,7 +325,8 @@ def load_cifar(root: str | Path, num_classes: int, train: bool) -> tuple[np.ndar
     """
     directory = cifar_directory(root, num_classes, train)
     _, train_names, test_names, label_key = CIFAR_LAYOUTS[num_classes][:4]
-    batches = [_read_cifar_batch(directory / name, label_key) for name in (train_names if train else test_names)]
+    names = train_names if train else test_names
+    batches = [_read_cifar_batch(directory / name, label_key, num_classes) for name in names]
     return np.concatenate([images for images, _ in batches]), np.concatenate([labels for _, labels in batches])
 
 
@@ -209,7 +336,10 @@ def load_cifar_classes(root: str | Path, num_classes: int) -> list[str] | None:
     directory = cifar_directory(root, num_classes, train=False)
     if not (directory / meta_name).is_file():
         return None
-    names = _unpickle(directory / meta_name)[names_key]
+    names = _unpickle(directory / meta_name, (names_key,))[names_key]
+    if isinstance(names, (str, bytes)) or not isinstance(names, Sequence) or len(names) != num_classes:
+        count = len(names) if isinstance(names, Sequence) else type(names).__name__
+        raise DataFileError(f"{directory / meta_name}: {names_key!r} must list {num_classes} class names, got {count}")
     return [name.decode() if isinstance(name, bytes) else str(name) for name in names]
 
 
@@ -262,8 +392,8 @@ class ArrayImageDataset(Dataset):
             raise ValueError(f"mean and std need {channels} values each (std > 0), got mean={mean}, std={std}")
         if augment not in ("none", "crop_flip"):
             raise ValueError(f"augment must be 'none' or 'crop_flip', got {augment!r}")
-        if padding < 0 or seed < 0:
-            raise ValueError(f"padding and seed must be >= 0, got padding={padding}, seed={seed}")
+        padding = _check_int(padding, "padding", 0)
+        seed = check_seed(seed)
         check_padding_mode(padding_mode)
         side = min(self.images.shape[2:])
         if (padding_mode == "reflect" and padding >= side) or (padding_mode == "symmetric" and padding > side):
@@ -425,22 +555,45 @@ class TinyImageNetFolder(Dataset):
         self.transform = transform
 
     def _train_samples(self) -> list[tuple[Path, int]]:
-        return [
-            (path, index)
-            for index, wnid in enumerate(self.classes)
-            for path in sorted((self.root / "train" / wnid / "images").glob("*.JPEG"))
-        ]
+        """Every class of ``wnids.txt`` must have its images: a missing or empty class folder is an error naming
+        it (it would otherwise leave that class without training images, silently)."""
+        per_class = [sorted((self.root / "train" / wnid / "images").glob("*.JPEG")) for wnid in self.classes]
+        empty = [wnid for wnid, paths in zip(self.classes, per_class) if not paths]
+        if empty and len(empty) < len(self.classes):  # all empty: the caller reports a missing split
+            shown = ", ".join(str(self.root / "train" / wnid / "images") for wnid in empty[:3])
+            more = f" and {len(empty) - 3} more" if len(empty) > 3 else ""
+            raise DataFolderError(
+                f"{len(empty)} of the {len(self.classes)} classes of {self.root / 'wnids.txt'} have no training "
+                f"images (*.JPEG): {', '.join(empty[:10])}{' ...' if len(empty) > 10 else ''}; looked in {shown}{more}"
+            )
+        return [(path, index) for index, paths in enumerate(per_class) for path in paths]
 
     def _val_samples(self) -> list[tuple[Path, int]]:
         annotations = self.root / "val" / "val_annotations.txt"
+        if not annotations.is_file():
+            raise FileNotFoundError(f"Tiny-ImageNet val labels not found: {annotations}")
         samples = []
-        for line in annotations.read_text().splitlines():
+        for number, line in enumerate(annotations.read_text().splitlines(), start=1):
             if not line.strip():
                 continue
-            file_name, wnid = line.split("\t")[:2]
+            fields = line.split("\t")
+            if len(fields) < 2 or not fields[0] or not fields[1]:
+                raise DataFileError(
+                    f"{annotations}, line {number}: expected 'file<TAB>wnid<TAB>x<TAB>y<TAB>w<TAB>h', got {line!r}"
+                )
+            file_name, wnid = fields[:2]
             if wnid not in self.class_to_idx:
-                raise ValueError(f"{annotations}: {file_name} has class {wnid!r}, which is not in wnids.txt")
+                raise DataFileError(
+                    f"{annotations}, line {number}: {file_name} has class {wnid!r}, which is not in wnids.txt"
+                )
             samples.append((self.root / "val" / "images" / file_name, self.class_to_idx[wnid]))
+        missing = [path for path, _ in samples if not path.is_file()]
+        if missing:
+            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+            raise FileNotFoundError(
+                f"{annotations} lists {len(missing)} image(s) missing from {self.root / 'val' / 'images'}: "
+                f"{', '.join(path.name for path in missing[:3])}{more}"
+            )
         return samples
 
     def __len__(self) -> int:
@@ -497,11 +650,13 @@ class ClassificationData(L.LightningDataModule, abc.ABC):
         num_workers: DataLoader worker processes (persistent when > 0).
         pin_memory: pin host memory for faster copies to the GPU.
         augment: use the dataset's training augmentation (crop + flip); False trains on evaluation-style images.
-        seed: seed of the shuffling and of the in-memory augmentation tables.
-        val_batch_size: batch size of the validation / test loaders (None: ``batch_size``).
+        seed: seed of the shuffling and of the in-memory augmentation tables, an int in [0, 2**63 - 1].
+        val_batch_size: batch size of the validation / test loaders (None: ``batch_size``; 0 is an error).
         limit_train: use only the first N training samples (None: all); for quick runs and tests.
         limit_val: use only the first N validation / test samples (None: all).
-        drop_last: drop the last incomplete training batch (and the tail that does not divide among ranks).
+        drop_last: drop the last incomplete training batch (and the tail that does not divide among ranks); a
+            training set that this leaves without a single batch is a ``ValueError`` (see
+            :meth:`check_training_batches`).
     """
 
     NUM_CLASSES = 0
@@ -521,14 +676,12 @@ class ClassificationData(L.LightningDataModule, abc.ABC):
         drop_last: bool = True,
     ) -> None:
         super().__init__()
-        for name, value in (("batch_size", batch_size), ("val_batch_size", val_batch_size or 1)):
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
-        for name, value in (("limit_train", limit_train), ("limit_val", limit_val)):
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be >= 1 or None, got {value}")
-        if num_workers < 0 or seed < 0:
-            raise ValueError(f"num_workers and seed must be >= 0, got {num_workers} and {seed}")
+        batch_size = _check_int(batch_size, "batch_size", 1)
+        val_batch_size = _check_int(val_batch_size, "val_batch_size", 1, allow_none=True)  # None: batch_size
+        limit_train = _check_int(limit_train, "limit_train", 1, allow_none=True)
+        limit_val = _check_int(limit_val, "limit_val", 1, allow_none=True)
+        num_workers = _check_int(num_workers, "num_workers", 0)
+        seed = check_seed(seed)
         self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
         self.augment, self.seed, self.val_batch_size = augment, seed, val_batch_size
         self.limit_train, self.limit_val, self.drop_last = limit_train, limit_val, drop_last
@@ -562,10 +715,33 @@ class ClassificationData(L.LightningDataModule, abc.ABC):
         if self.val_set is None:
             self.val_set = self.build_dataset(train=False, limit=self.limit_val)
 
+    def check_training_batches(self) -> None:
+        """Refuse a training set that ``drop_last`` would leave without a single batch on a process.
+
+        Lightning would otherwise skip the whole fit ("No training batches") and exit 0. Dropping the incomplete
+        batch is kept (it is the asked-for behaviour, and it keeps batch-norm statistics and per-step batch sizes
+        steady); the error names the sizes and the ways out. :meth:`train_dataloader` calls it, which Lightning does
+        before the first step, so ``setup`` alone (to inspect a small subset) still works."""
+        if self.train_set is None or not self.drop_last:
+            return
+        world_size = self.trainer.world_size if self.trainer is not None else 1
+        samples = len(self.train_set)
+        per_process = samples // world_size  # what EpochSampler(drop_last=True) gives each rank
+        if per_process >= self.batch_size:
+            return
+        limit = f" (limit_train={self.limit_train})" if self.limit_train is not None else ""
+        share = f", {per_process} per process over {world_size} processes" if world_size > 1 else ""
+        raise ValueError(
+            f"the training set has {samples} samples{limit}{share}, fewer than batch_size={self.batch_size}, and "
+            "drop_last=True drops the incomplete batch, so no training batch would remain: lower batch_size, use "
+            "more samples (limit_train), or set drop_last=False"
+        )
+
     def train_dataloader(self) -> DataLoader:
         """Shuffled training batches; one shard per rank when a (distributed) trainer is attached."""
         if self.train_set is None:
             self.setup("fit")
+        self.check_training_batches()
         world_size, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
         sampler = EpochSampler(self.train_set, world_size, rank, shuffle=True, seed=self.seed, drop_last=self.drop_last)
         return self._loader(self.train_set, self.batch_size, sampler, self.drop_last)
@@ -574,7 +750,8 @@ class ClassificationData(L.LightningDataModule, abc.ABC):
         """Sequential batches of the held-out labelled split."""
         if self.val_set is None:
             self.setup("validate")
-        return self._loader(self.val_set, self.val_batch_size or self.batch_size, None, False)
+        batch_size = self.batch_size if self.val_batch_size is None else self.val_batch_size
+        return self._loader(self.val_set, batch_size, None, False)
 
     def test_dataloader(self) -> DataLoader:
         """The validation loader: the held-out labelled split doubles as the test set."""
@@ -757,6 +934,17 @@ class CIFAR100Data(CIFARData):
     TORCHVISION_CLASS = datasets.CIFAR100
 
 
+def class_folders(directory: Path) -> list[str]:
+    """Sorted names of the sub-folders of ``directory``: the classes ``ImageFolder`` finds there, in its order."""
+    return sorted(entry.name for entry in os.scandir(directory) if entry.is_dir())
+
+
+def _few(names: Sequence[str], count: int = 10) -> str:
+    """Up to ``count`` names, then how many more."""
+    shown = ", ".join(names[:count])
+    return shown + (f" and {len(names) - count} more" if len(names) > count else "")
+
+
 def _first(dataset: Dataset, limit: int | None) -> Dataset:
     """The first ``limit`` samples (folder datasets are sorted by class, so a small limit covers few classes)."""
     return dataset if limit is None or limit >= len(dataset) else Subset(dataset, range(limit))
@@ -869,13 +1057,56 @@ class ImageNetData(FolderClassificationData):
         train_dir = Path(self.root) / "train"
         if not train_dir.is_dir():
             return self.NUM_CLASSES
-        return sum(1 for entry in train_dir.iterdir() if entry.is_dir())
+        return len(class_folders(train_dir))
 
-    def build_dataset(self, train: bool, limit: int | None) -> Dataset:
-        """``ImageFolder`` over ``root/train`` or ``root/val`` with its transform."""
+    def split_classes(self, train: bool) -> list[str]:
+        """The class folders of a split, checked against the training split's: labels are matched by name.
+
+        ``ImageFolder`` numbers the class folders of each split in sorted order, so a val folder that lacks a class
+        would shift every later label by one (val ``c`` labelled as train's ``b``). The val split must therefore
+        hold exactly the training split's class folders; without ``root/train`` it must hold all ``NUM_CLASSES``.
+
+        Raises:
+            FileNotFoundError: the split's folder is missing or holds no class folders.
+            DataFolderError: (a ``ValueError``) the splits' class folders differ; the message names both folders
+                and the classes that are missing from, or only in, the val split.
+        """
         directory = Path(self.root) / ("train" if train else "val")
         if not directory.is_dir():
             raise FileNotFoundError(f"ImageNet folder {directory} not found (expected {directory}/<wnid>/<image>)")
+        classes = class_folders(directory)
+        if not classes:
+            raise FileNotFoundError(
+                f"ImageNet folder {directory} holds no class folders (expected {directory}/<wnid>/<image>; the "
+                "official val images come in one folder and must be sorted into one folder per class first)"
+            )
+        if train:
+            return classes
+        train_dir = Path(self.root) / "train"
+        if not train_dir.is_dir():
+            if len(classes) != self.NUM_CLASSES:
+                raise DataFolderError(
+                    f"{directory} holds {len(classes)} class folders, not ImageNet's {self.NUM_CLASSES}, and there is "
+                    f"no {train_dir} to match their labels by name: add the training folder or every class folder"
+                )
+            return classes
+        train_classes = class_folders(train_dir)
+        if classes != train_classes:
+            missing = sorted(set(train_classes) - set(classes))
+            extra = sorted(set(classes) - set(train_classes))
+            parts = [f"missing from val: {_few(missing)}"] if missing else []
+            parts += [f"not in train: {_few(extra)}"] if extra else []
+            raise DataFolderError(
+                f"the class folders of {directory} ({len(classes)}) and {train_dir} ({len(train_classes)}) differ "
+                f"({'; '.join(parts)}): labels are matched by folder name, so both splits need the same classes"
+            )
+        return classes
+
+    def build_dataset(self, train: bool, limit: int | None) -> Dataset:
+        """``ImageFolder`` over ``root/train`` or ``root/val`` with its transform (class folders checked by
+        :meth:`split_classes`)."""
+        directory = Path(self.root) / ("train" if train else "val")
+        self.split_classes(train)  # the same classes, in the same (sorted) order, as ImageFolder finds
         if train and self.augment:
             transform = folder_transform(self.image_size, train=True, interpolation=self.interpolation)
         else:

@@ -8,6 +8,7 @@ so no code here depends on which method is used.
 
 from __future__ import annotations
 
+import math
 import resource
 import sys
 import time
@@ -24,6 +25,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
 
 from openmix import losses
+from openmix.lightning.data import check_seed
 from openmix.lightning.distributed import PAIRING_SCOPES, mix_across_ranks
 from openmix.lightning.optim import SGD, WarmupCosineLR
 from openmix.mixers import MixOutput, create_mixer
@@ -85,9 +87,9 @@ class MixClassifier(L.LightningModule):
         scheduler: learning-rate scheduler factory, stepped every step (default warm-up + cosine).
         channels_last: run the network in channels-last memory format.
         pairing_scope: ``local`` (each rank mixes its own batch) or ``global`` (partners drawn across all ranks).
-        seed: seed of the mixing RNG; every training batch reseeds it from (seed, epoch, batch index), so each batch
-            (each batch of a gradient-accumulation window too) gets its own draws, and a resumed run mixes the same
-            way.
+        seed: seed of the mixing RNG, an int in [0, 2**63 - 1]; every training batch reseeds it from (seed, epoch,
+            batch index), so each batch (each batch of a gradient-accumulation window too) gets its own draws, and a
+            resumed run mixes the same way.
     """
 
     trains_learned_mixers = False  # subclasses with a pipeline for learned mixers (AutoMix) set True
@@ -121,6 +123,7 @@ class MixClassifier(L.LightningModule):
             raise ValueError(f"mix_prob must lie in [0, 1], got {mix_prob}")
         if pairing_scope not in PAIRING_SCOPES:
             raise ValueError(f"pairing_scope must be one of {PAIRING_SCOPES}, got {pairing_scope!r}")
+        check_seed(seed)  # at construction, not at the first step's reseed
         self.network = build_backbone(
             backbone, num_classes, in_chans, pretrained, cifar_stem, **(backbone_kwargs or {})
         )
@@ -142,6 +145,8 @@ class MixClassifier(L.LightningModule):
         self.train_lams: list[Tensor] = []
         self._epoch_images = 0
         self._epoch_start = 0.0
+        self._validation_seconds = 0.0  # validation inside the current training epoch, left out of images/s
+        self._validation_start: float | None = None
         self._wall_time_before = 0.0  # training time of the run's earlier segments (restored from a checkpoint)
         self._segment_start: float | None = None
 
@@ -165,7 +170,9 @@ class MixClassifier(L.LightningModule):
         gradient-accumulation window), and a resumed run, which restores epoch and batch index, mixes exactly as an
         uninterrupted one."""
         rank = 0 if self.hparams.pairing_scope == "global" else self.global_rank
-        entropy = [self.hparams.seed, self.current_epoch, batch_idx, rank]
+        # SeedSequence mixes any non-negative ints (the seed up to 2**63 - 1) into one 64-bit state, which
+        # torch's manual_seed takes whole (it accepts up to 2**64 - 1)
+        entropy = [int(self.hparams.seed), int(self.current_epoch), int(batch_idx), int(rank)]
         self.mixing_generator.manual_seed(int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0]))
 
     def should_mix(self, batch_idx: int) -> bool:
@@ -266,14 +273,24 @@ class MixClassifier(L.LightningModule):
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
+    def on_validation_epoch_start(self) -> None:
+        self._validation_start = time.perf_counter()
+
+    def on_validation_epoch_end(self) -> None:
+        if self._validation_start is not None and not self.trainer.sanity_checking:
+            self._validation_seconds += time.perf_counter() - self._validation_start
+        self._validation_start = None
+
     # ----- epoch bookkeeping: throughput and the lambda histogram ---------------------------------------------
     def on_train_epoch_start(self) -> None:
         self._epoch_images = 0
         self._epoch_start = time.perf_counter()
+        self._validation_seconds = 0.0
         self.train_lams = []
 
     def on_train_epoch_end(self) -> None:
-        elapsed = max(time.perf_counter() - self._epoch_start, 1e-9)
+        # training time only: the validation that Lightning runs inside the epoch is subtracted
+        elapsed = max(time.perf_counter() - self._epoch_start - self._validation_seconds, 1e-9)
         self.log("train/images_per_sec", self._epoch_images / elapsed, sync_dist=True, reduce_fx="sum")
         self.log("train/wall_time_s", self.run_wall_time())  # cumulative over resumes: the report's wall time
         self.log("train/peak_rss_mb", self.peak_memory_mb(), sync_dist=True, reduce_fx="max")
@@ -296,10 +313,29 @@ class MixClassifier(L.LightningModule):
         return [{"params": [p for p in self.parameters() if p.requires_grad]}]
 
     def configure_optimizers(self) -> dict[str, Any]:
+        """The optimizer and its per-step schedule. A schedule that needs the run's length (``set_total_steps``,
+        e.g. :class:`~openmix.lightning.WarmupCosineLR`) gets the trainer's number of optimizer steps and of steps per
+        epoch; an unbounded run (``max_epochs: -1`` without ``max_steps``) has no length, so it is refused with a
+        ``ValueError`` that says which trainer options to set."""
         optimizer = self.optimizer_factory(self.parameter_groups())
         scheduler = self.scheduler_factory(optimizer)
         if hasattr(scheduler, "set_total_steps"):  # schedules that need the run's length get it from the trainer
-            total = int(self.trainer.estimated_stepping_batches)
-            epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
-            scheduler.set_total_steps(total, max(1, total // epochs))
+            trainer = self.trainer
+            total = trainer.estimated_stepping_batches  # inf for max_epochs=-1; max_steps (-1 if unset) for iterables
+            if not math.isfinite(total) or total < 1:
+                raise ValueError(
+                    f"the learning-rate schedule {type(scheduler).__name__} needs the run's length, but "
+                    f"trainer.max_epochs={trainer.max_epochs} and trainer.max_steps={trainer.max_steps} leave it "
+                    "unbounded: set trainer.max_epochs to a positive number of epochs or trainer.max_steps to a "
+                    "positive number of steps, or choose a scheduler that does not need the length"
+                )
+            if trainer.train_dataloader is None:  # not loaded when max_epochs=-1 (Lightning returns max_steps)
+                trainer.fit_loop.setup_data()
+            batches = trainer.num_training_batches
+            if math.isfinite(batches) and batches > 0:
+                per_epoch = math.ceil(batches / trainer.accumulate_grad_batches)
+            else:  # an iterable dataset without a length: spread the epochs of the run evenly
+                epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else 1
+                per_epoch = int(total) // epochs
+            scheduler.set_total_steps(int(total), max(1, per_epoch))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -65,8 +65,9 @@ class MixOutput:
 
 
 def check_positive(value: Any, name: str) -> float:
-    """``value`` as a float > 0, else a ``ValueError``/``TypeError`` naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    """``value`` (a Python or NumPy number, not a bool) as a float > 0, else a ``ValueError``/``TypeError`` naming
+    ``name``."""
+    if not F_mix.is_real(value):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a finite number > 0, got {value}")
@@ -74,9 +75,18 @@ def check_positive(value: Any, name: str) -> float:
 
 
 def check_choice(value: Any, choices: tuple[str, ...], name: str) -> str:
-    if value not in choices:
+    if not isinstance(value, str) or value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
     return value
+
+
+def check_network(network: Any, name: str = "model") -> nn.Module:
+    """A network handed to a mixer (call-time ``model=``): an ``nn.Module``, else a ``TypeError`` naming ``name``."""
+    if not isinstance(network, nn.Module):
+        raise TypeError(
+            f"{name} must be an nn.Module (the network whose features the mixer reads), got {type(network).__name__}"
+        )
+    return network
 
 
 def check_batch(x: Any, y: Any) -> None:
@@ -144,9 +154,7 @@ class Mixer(nn.Module, abc.ABC):
         self.alpha = check_positive(alpha, "alpha")
         self.mode = check_choice(mode, MODES, "mode")
         self.pairing = check_choice(pairing, F_mix.PAIRINGS, "pairing")
-        if not isinstance(inplace, bool):
-            raise TypeError(f"inplace must be a bool, got {type(inplace).__name__}")
-        self.inplace = inplace
+        self.inplace = F_mix.check_bool(inplace, "inplace")
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}, mode={self.mode!r}, pairing={self.pairing!r}, inplace={self.inplace}"
@@ -170,6 +178,13 @@ class Mixer(nn.Module, abc.ABC):
             **context: what a mixer that needs a network takes at call time (see ``requires``).
         """
         check_call(self, x, y, generator, context)
+        root = x if x._base is None else x._base  # a view writes into the tensor it views
+        if self.inplace and root.is_leaf and root.requires_grad and torch.is_grad_enabled():
+            raise ValueError(
+                f"{type(self).__name__} was built with inplace=True, but x is a leaf tensor that requires grad (or a "
+                "view of one), which autograd forbids writing into: build the mixer with inplace=False (the mix then "
+                "carries gradients to x), or mix x.detach() or under torch.no_grad()"
+            )
         batch_size = x.shape[0]
         lam_in = F_mix.check_lam(lam, batch_size, self.mode)
         index = F_mix.partner_index(batch_size, self.pairing, generator).to(x.device)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from openmix.mixers import functional as F_mix
-from openmix.mixers._base import Mixer
+from openmix.mixers._base import Mixer, check_network
 from openmix.mixers._registry import register_mixer
 
 
@@ -88,12 +88,14 @@ class AttentiveMix(Mixer):
         inplace: bool = False,
     ):
         super().__init__(alpha, mode, pairing, inplace)
-        if isinstance(grid, bool) or not isinstance(grid, int) or grid < 1:
+        if not F_mix.is_int(grid) or grid < 1:
             raise ValueError(f"grid must be a positive int, got {grid!r}")
-        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or not 0 <= top_k <= grid**2):
+        grid = int(grid)
+        if top_k is not None and (not F_mix.is_int(top_k) or not 0 <= top_k <= grid**2):
             raise ValueError(f"top_k must be an int in [0, grid**2 = {grid**2}] or None, got {top_k!r}")
-        if extractor_size is not None and (not isinstance(extractor_size, int) or extractor_size < 1):
+        if extractor_size is not None and (not F_mix.is_int(extractor_size) or extractor_size < 1):
             raise ValueError(f"extractor_size must be a positive int or None, got {extractor_size!r}")
+        pretrained = F_mix.check_bool(pretrained, "pretrained")
         if isinstance(extractor, str):
             import timm
 
@@ -107,8 +109,8 @@ class AttentiveMix(Mixer):
         self.extractor = extractor
         self.requires = ("model",) if extractor is None else ()
         self.grid = grid
-        self.top_k = top_k
-        self.extractor_size = extractor_size
+        self.top_k = None if top_k is None else int(top_k)
+        self.extractor_size = None if extractor_size is None else int(extractor_size)
 
     def train(self, mode: bool = True) -> AttentiveMix:
         super().train(mode)
@@ -140,6 +142,7 @@ class AttentiveMix(Mixer):
         network = self.extractor if self.extractor is not None else context.get("model")
         if network is None:
             raise ValueError("attentivemix built without an extractor needs the network: call it with model=...")
+        check_network(network)
         cells = self.grid**2
         if lam is None and self.top_k is not None:
             counts = torch.full((batch_size,), self.top_k)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from openmix.mixers import functional as F_mix
-from openmix.mixers._base import Mixer, MixOutput
+from openmix.mixers._base import Mixer, MixOutput, check_network
 from openmix.mixers._registry import register_mixer
 
 
@@ -89,22 +89,27 @@ class AutoMix(Mixer):
         super().__init__(alpha, mode, pairing, inplace)
         if extractor is not None and not isinstance(extractor, nn.Module):
             raise TypeError(f"extractor must be an nn.Module or None, got {type(extractor).__name__}")
-        if isinstance(reduction, bool) or not isinstance(reduction, int) or reduction < 1:
+        if not F_mix.is_int(feature_stage):
+            raise TypeError(f"feature_stage must be an int (a stage index), got {type(feature_stage).__name__}")
+        if in_channels is not None and (not F_mix.is_int(in_channels) or in_channels < 1):
+            raise ValueError(f"in_channels must be a positive int or None, got {in_channels!r}")
+        if not F_mix.is_int(reduction) or reduction < 1:
             raise ValueError(f"reduction must be a positive int, got {reduction!r}")
-        if upsampling not in ("nearest", "bilinear"):
+        if not isinstance(upsampling, str) or upsampling not in ("nearest", "bilinear"):
             raise ValueError(f"upsampling must be 'nearest' or 'bilinear', got {upsampling!r}")
         for name, value, high in (("mask_margin", mask_margin, 1.0), ("lam_margin", lam_margin, 0.5)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < high:
+            if not F_mix.is_real(value) or not 0 <= value < high:
                 raise ValueError(f"{name} must lie in [0, {high}), got {value!r}")
-        if isinstance(binary_weight, bool) or not isinstance(binary_weight, (int, float)) or binary_weight < 0:
-            raise ValueError(f"binary_weight must be a number >= 0, got {binary_weight!r}")
+        if not F_mix.is_real(binary_weight) or not 0 <= binary_weight < float("inf"):
+            raise ValueError(f"binary_weight must be a finite number >= 0, got {binary_weight!r}")
+        lam_embedding = F_mix.check_bool(lam_embedding, "lam_embedding")
         self.extractor = extractor
         # call-time inputs: the feature network (unless built with one) and, optionally, features a trainer has
         # already computed for this batch (AutoMixClassifier reuses them for its two draws)
         self.requires = ("model", "features") if extractor is None else ("features",)
-        self.feature_stage = feature_stage
-        self.reduction = reduction
-        self.lam_embedding = bool(lam_embedding)
+        self.feature_stage = int(feature_stage)
+        self.reduction = int(reduction)
+        self.lam_embedding = lam_embedding
         self.upsampling = upsampling
         self.mask_margin = float(mask_margin)
         self.binary_weight = float(binary_weight)
@@ -113,7 +118,7 @@ class AutoMix(Mixer):
         self.value: nn.Conv2d | None = None
         self.built = False
         if in_channels is not None:
-            self.build(in_channels)
+            self.build(int(in_channels))
 
     def build(self, in_channels: int) -> None:
         """Create the 1x1 convolutions for ``in_channels`` feature channels (called on the first mix if needed)."""
@@ -176,6 +181,12 @@ class AutoMix(Mixer):
         network = self.extractor if self.extractor is not None else context.get("model")
         if features is None and network is None:
             raise ValueError("automix built without an extractor needs model=... (or features=...) at call time")
+        if features is not None:
+            if not isinstance(features, Tensor) or features.dim() != 4 or features.shape[0] != batch_size:
+                shape = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
+                raise ValueError(f"features must be a ({batch_size}, C, h, w) tensor (one map per sample), got {shape}")
+        elif self.extractor is None:
+            check_network(network)
         target = self.draw_lam(lam, batch_size, generator)  # (B,) float64 CPU
         self.last_target_lam = target.float().to(x.device)  # what mask_loss compares the mask with
         near_edge = (target <= self.lam_margin) | (target >= 1 - self.lam_margin)

@@ -45,9 +45,10 @@ class CutMix(Mixer):
     ):
         super().__init__(alpha, mode, pairing, inplace)
         if minmax is not None:
-            if len(minmax) != 2 or not 0.0 <= float(minmax[0]) < float(minmax[1]) <= 1.0:
+            low, high = F_mix.check_pair(minmax, "minmax")
+            if not 0.0 <= low < high <= 1.0:
                 raise ValueError(f"minmax must be (min, max) with 0 <= min < max <= 1, got {minmax!r}")
-            minmax = (float(minmax[0]), float(minmax[1]))
+            minmax = (low, high)
         self.minmax = minmax
 
     def extra_repr(self) -> str:

@@ -10,6 +10,8 @@ device; ``max_soft`` gives the mask a linear ramp of that width (in fraction of 
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -149,13 +151,10 @@ class FMix(Mixer):
         inplace: bool = False,
     ):
         super().__init__(alpha, mode, pairing, inplace)
-        if isinstance(decay_power, bool) or not isinstance(decay_power, (int, float)) or not decay_power > 0:
-            raise ValueError(f"decay_power must be a number > 0, got {decay_power!r}")
-        if isinstance(max_soft, bool) or not isinstance(max_soft, (int, float)) or not 0.0 <= max_soft <= 0.5:
-            raise ValueError(f"max_soft must lie in [0, 0.5], got {max_soft!r}")
-        self.decay_power = float(decay_power)
-        self.max_soft = float(max_soft)
-        self.reformulate = bool(reformulate)
+        finite_positive = "be a finite number > 0"
+        self.decay_power = F_mix.check_real(decay_power, "decay_power", finite_positive, lambda v: 0 < v < math.inf)
+        self.max_soft = F_mix.check_real(max_soft, "max_soft", "lie in [0, 0.5]", lambda v: 0.0 <= v <= 0.5)
+        self.reformulate = F_mix.check_bool(reformulate, "reformulate")
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", decay_power={self.decay_power}, max_soft={self.max_soft}"

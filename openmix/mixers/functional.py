@@ -12,11 +12,58 @@ Conventions:
 
 from __future__ import annotations
 
+import numbers
+from collections.abc import Callable, Sequence
+from typing import Any
+
 import numpy as np
 import torch
 from torch import Tensor
 
 PAIRINGS = ("random", "flip")
+
+
+# ------------------------------------------------------------------------------------------- argument checks
+def is_real(value: Any) -> bool:
+    """A real number: a Python int or float or a NumPy integer or floating scalar (``numbers.Real``), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def is_int(value: Any) -> bool:
+    """An integer: a Python int or a NumPy integer scalar (``numbers.Integral``), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def check_bool(value: Any, name: str) -> bool:
+    """``value`` as a bool (Python or NumPy), else a ``TypeError`` naming ``name``."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
+    return bool(value)
+
+
+def check_real(value: Any, name: str, condition: str, accept: Callable[[float], bool]) -> float:
+    """``value`` as a float: a ``TypeError`` naming ``name`` when it is not a real number (bools are refused), a
+    ``ValueError`` saying ``name must <condition>`` when ``accept(value)`` is false (NaN fails every comparison)."""
+    if not is_real(value):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    if not accept(float(value)):
+        raise ValueError(f"{name} must {condition}, got {value!r}")
+    return float(value)
+
+
+def check_pair(value: Any, name: str) -> tuple[float, float]:
+    """A (min, max) argument as two floats; a ``TypeError`` / ``ValueError`` naming ``name`` when it is not a
+    sequence of two real numbers (the caller checks the range)."""
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise TypeError(f"{name} must be a (min, max) pair of numbers, got {type(value).__name__} {value!r}")
+    if len(value) != 2:
+        raise ValueError(f"{name} must be a (min, max) pair of numbers, got {len(value)} values: {value!r}")
+    if not all(is_real(item) for item in value):
+        kinds = ", ".join(type(item).__name__ for item in value)
+        raise TypeError(f"{name} must be a (min, max) pair of numbers, got ({kinds}): {value!r}")
+    return float(value[0]), float(value[1])
 
 
 def _rng_device(generator: torch.Generator | None) -> torch.device:
@@ -70,9 +117,9 @@ def check_lam(lam: float | Tensor | None, batch_size: int, mode: str) -> Tensor 
     """Validate an explicit lambda; return it as a (B,) float64 CPU tensor (or ``None`` when not given)."""
     if lam is None:
         return None
-    if isinstance(lam, bool):
+    if isinstance(lam, (bool, np.bool_)):
         raise TypeError("lam must be a number or a tensor, got bool")
-    if isinstance(lam, (int, float)):
+    if is_real(lam):  # Python and NumPy scalars alike (np.float32 is not a float subclass)
         values = torch.tensor([float(lam)], dtype=torch.float64)
     elif isinstance(lam, Tensor):
         if lam.is_complex():
@@ -154,11 +201,40 @@ def box_keep_mask(boxes: Tensor, height: int, width: int, device: torch.device |
     return torch.addcmul(one, in_rows[:, None, :, None], in_cols[:, None, None, :], value=-1.0)
 
 
+def records_grad(*tensors: Tensor | float) -> bool:
+    """Whether autograd must record an op on these inputs: grad mode is on and one of them requires grad.
+
+    Ops with ``out=`` cannot be recorded, so the kernels below take their buffer-writing fast path only when this
+    is false and compute a new tensor otherwise."""
+    return torch.is_grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad for t in tensors)
+
+
+def memory_format_of(x: Tensor) -> torch.memory_format:
+    """``torch.channels_last`` for a channels-last (and not also contiguous) 4-d tensor, else contiguous."""
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 def gather_partners(x: Tensor, index: Tensor) -> Tensor:
-    """``x[index]`` in a new tensor with the memory format of ``x``."""
+    """``x[index]`` in a new tensor with the memory format of ``x`` (differentiable when ``x`` requires grad)."""
+    if records_grad(x):
+        return x.index_select(0, index).contiguous(memory_format=memory_format_of(x))
     partners = torch.empty_like(x)
     torch.index_select(x, 0, index, out=partners)
     return partners
+
+
+def lerp_into(start: Tensor, end: Tensor, weight: Tensor | float, out: Tensor) -> Tensor:
+    """``torch.lerp(start, end, weight, out=out)``, where ``out`` is ``start`` or ``end`` (the in-place mix).
+
+    When autograd must record the blend (an input requires grad), ``out=`` is not allowed: the result is a new
+    tensor in ``end``'s memory format, copied into ``out`` only when ``out`` is ``end`` (the caller's input, which an
+    in-place mixer promises to overwrite); a scratch ``start`` buffer is simply not reused."""
+    if not records_grad(start, end, weight):
+        return torch.lerp(start, end, weight, out=out)
+    mixed = torch.lerp(start, end, weight).contiguous(memory_format=memory_format_of(end))
+    return end.copy_(mixed) if out is end else mixed
 
 
 def paste_boxes(x: Tensor, index: Tensor, boxes: Tensor, inplace: bool = False) -> tuple[Tensor, Tensor]:
@@ -183,10 +259,9 @@ def blend(x: Tensor, index: Tensor, weight: Tensor | float, inplace: bool = Fals
     partners = gather_partners(x, index)
     if isinstance(weight, Tensor):
         weight = weight.to(device=x.device, dtype=x.dtype)
-        if weight.requires_grad:  # a learned mask (AutoMix): keep the graph, no out= buffer
-            return torch.lerp(partners, x, weight)
-    # lerp(start, end, w) = start + w * (end - start): exact at w = 0 and w = 1.
-    return torch.lerp(partners, x, weight, out=x if inplace else partners)
+    # lerp(start, end, w) = start + w * (end - start): exact at w = 0 and w = 1. A learned mask (AutoMix) or an x
+    # that requires grad keeps the graph (no out= buffer).
+    return lerp_into(partners, x, weight, out=x if inplace else partners)
 
 
 def to_network_dtype(network: torch.nn.Module, images: Tensor) -> Tensor:

@@ -11,12 +11,13 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from openmix.mixers._base import MODES, MixOutput, check_call, check_choice
 from openmix.mixers._registry import create_mixer, register_mixer
-from openmix.mixers.functional import PAIRINGS, check_lam
+from openmix.mixers.functional import PAIRINGS, check_bool, check_lam, is_real
 
 # DeiT's switch: mixup with alpha 0.8 or CutMix with alpha 1.0, each with probability 0.5
 DEIT_MIXERS = ({"name": "mixup", "alpha": 0.8}, {"name": "cutmix", "alpha": 1.0})
@@ -63,21 +64,33 @@ class RandomChoiceMixer(nn.Module):
         inplace: bool = False,
     ):
         super().__init__()
-        if isinstance(mixers, (str, Mapping, nn.Module)) or len(mixers) == 0:
-            raise ValueError("mixers must be a non-empty sequence of mixers")
+        if isinstance(mixers, (str, Mapping, nn.Module)) or (isinstance(mixers, Sequence) and len(mixers) == 0):
+            given = repr(mixers) if isinstance(mixers, (str, Sequence)) else f"a single {type(mixers).__name__}"
+            raise ValueError(f"mixers must be a non-empty sequence of mixers, got {given}")
+        if not isinstance(mixers, Sequence):
+            raise TypeError(f"mixers must be a non-empty sequence of mixers, got {type(mixers).__name__}")
         shared = {
             "mode": check_choice(mode, MODES, "mode"),
             "pairing": check_choice(pairing, PAIRINGS, "pairing"),
-            "inplace": inplace,
+            "inplace": check_bool(inplace, "inplace"),
         }
         self.mixers = nn.ModuleList(_build_child(spec, shared) for spec in mixers)
-        weights = [1.0] * len(self.mixers) if probs is None else [float(p) for p in probs]
+        if probs is None:
+            weights = [1.0] * len(self.mixers)
+        else:
+            if isinstance(probs, np.ndarray):
+                probs = probs.tolist()
+            if isinstance(probs, (str, bytes)) or not isinstance(probs, Sequence):
+                raise TypeError(f"probs must be a sequence of numbers (one per mixer) or None, got {probs!r}")
+            if not all(is_real(p) for p in probs):
+                raise TypeError(f"probs must hold numbers, got {list(probs)!r}")
+            weights = [float(p) for p in probs]
         if len(weights) != len(self.mixers):
             raise ValueError(f"probs has {len(weights)} entries for {len(self.mixers)} mixers")
         if any(not math.isfinite(w) or w < 0 for w in weights) or sum(weights) <= 0:
             raise ValueError(f"probs must be finite, >= 0 and not all 0, got {list(weights)}")
-        if isinstance(no_mix_prob, bool) or not 0.0 <= float(no_mix_prob) <= 1.0:
-            raise ValueError(f"no_mix_prob must lie in [0, 1], got {no_mix_prob!r}")
+        if not is_real(no_mix_prob) or not 0.0 <= no_mix_prob <= 1.0:
+            raise ValueError(f"no_mix_prob must be a number in [0, 1], got {no_mix_prob!r}")
         self.probs = [w / sum(weights) for w in weights]
         self.no_mix_prob = float(no_mix_prob)
         self.shares_batch_mask = all(getattr(child, "shares_batch_mask", True) for child in self.mixers)

@@ -99,14 +99,15 @@ class ResizeMix(Mixer):
         inplace: bool = False,
     ):
         super().__init__(alpha, mode, pairing, inplace)
-        if len(scope) != 2 or not 0.0 < float(scope[0]) <= float(scope[1]) <= 1.0:
+        low, high = F_mix.check_pair(scope, "scope")
+        if not 0.0 < low <= high <= 1.0:
             raise ValueError(f"scope must be (min, max) with 0 < min <= max <= 1, got {scope!r}")
-        if interpolation not in ("nearest", "bilinear"):
+        self.use_alpha = F_mix.check_bool(use_alpha, "use_alpha")
+        if not isinstance(interpolation, str) or interpolation not in ("nearest", "bilinear"):
             raise ValueError(f"interpolation must be 'nearest' or 'bilinear', got {interpolation!r}")
         if interpolation == "bilinear" and mode == "elem":
             raise ValueError("interpolation='bilinear' is only available with mode='batch'")
-        self.scope = (float(scope[0]), float(scope[1]))
-        self.use_alpha = bool(use_alpha)
+        self.scope = (low, high)
         self.interpolation = interpolation
 
     def extra_repr(self) -> str:
@@ -131,7 +132,7 @@ class ResizeMix(Mixer):
         mask = F_mix.box_keep_mask(boxes, height, width, x.device)
         if num_boxes > 1:
             partners = resized_partners(x, index, boxes)
-            mixed = torch.lerp(partners, x, mask.to(x.dtype), out=x if self.inplace else partners)
+            mixed = F_mix.lerp_into(partners, x, mask.to(x.dtype), out=x if self.inplace else partners)
         else:
             top, bottom, left, right = boxes[0].tolist()
             mixed = x if self.inplace else x.clone()

@@ -173,14 +173,12 @@ class SaliencyMix(Mixer):
         inplace: bool = False,
     ):
         super().__init__(alpha, mode, pairing, inplace)
-        if backend not in BACKENDS:
+        if not isinstance(backend, str) or backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        if max_saliency_size is not None and (
-            isinstance(max_saliency_size, bool) or not isinstance(max_saliency_size, int) or max_saliency_size < 8
-        ):
+        if max_saliency_size is not None and (not F_mix.is_int(max_saliency_size) or max_saliency_size < 8):
             raise ValueError(f"max_saliency_size must be an int >= 8 or None, got {max_saliency_size!r}")
         self.backend = backend
-        self.max_saliency_size = max_saliency_size
+        self.max_saliency_size = None if max_saliency_size is None else int(max_saliency_size)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", backend={self.backend!r}"
