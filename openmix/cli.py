@@ -94,6 +94,8 @@ def show_command(args: Sequence[str]) -> None:
 def bench_command(args: Sequence[str]) -> None:
     """Run every unfinished run of a grid file, then write its report. Exits 1 when a run did not finish, 2 when
     the grid cannot run (invalid runs, or folders of another configuration), before anything starts."""
+    import yaml
+
     from openmix.bench import load_grid, report, run_grid
     from openmix.bench.runner import GridError, is_done
 
@@ -104,10 +106,24 @@ def bench_command(args: Sequence[str]) -> None:
     parser.add_argument("--last", type=int, default=10, help="epochs of the 'median of the last N' column")
     parser.add_argument("--dry-run", action="store_true", help="print the commands of the unfinished runs")
     parser.add_argument("--progress-every", type=float, default=10.0, help="seconds between progress lines")
+    parser.add_argument(
+        "--only", action="append", default=[], metavar="AXIS=LABEL[,LABEL]", help="run only these runs (repeatable)"
+    )
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key in every run (YAML)"
+    )
     options = parser.parse_args(args)
+    only, overrides = {}, {}
+    for text, target in [(t, only) for t in options.only] + [(t, overrides) for t in options.set]:
+        if "=" not in text:
+            parser.error(f"expected KEY=VALUE, got {text!r}")
+        key, value = text.split("=", 1)
+        target[key] = value.split(",") if target is only else yaml.safe_load(value)
     grid = load_grid(options.grid)
     try:
-        directories = run_grid(grid, options.runs_dir, options.parallel, options.dry_run, options.progress_every)
+        directories = run_grid(
+            grid, options.runs_dir, options.parallel, options.dry_run, options.progress_every, only, overrides
+        )
     except GridError as error:
         print(f"openmix bench: {error}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -306,18 +306,40 @@ def write_grid_copy(grid: Grid, grid_dir: Path) -> None:
     current.write_text(text)
 
 
+def select_runs(runs: list[Run], only: dict[str, list[str]] | None = None, overrides: dict | None = None) -> list[Run]:
+    """The runs whose labels match ``only`` (axis -> accepted labels), each with ``overrides`` added to its own
+    (for a smoke test of a grid: ``{"trainer.max_epochs": 1}``). An axis or label ``only`` names that the grid
+    lacks is a ``ValueError``."""
+    import dataclasses
+
+    for axis, labels in (only or {}).items():
+        known = {run.labels.get(axis) for run in runs}
+        if axis not in runs[0].labels or not set(labels) <= known:
+            choices = ", ".join(sorted(str(k) for k in known if k is not None)) or "none"
+            raise ValueError(f"--only {axis}={','.join(labels)}: the grid's values of {axis!r} are {choices}")
+    chosen = [run for run in runs if all(run.labels.get(axis) in labels for axis, labels in (only or {}).items())]
+    return [dataclasses.replace(run, overrides={**run.overrides, **(overrides or {})}) for run in chosen]
+
+
 def run_grid(
-    grid: Grid, runs_dir: str | Path = "runs", parallel: int = 1, dry_run: bool = False, progress_every: float = 10.0
+    grid: Grid,
+    runs_dir: str | Path = "runs",
+    parallel: int = 1,
+    dry_run: bool = False,
+    progress_every: float = 10.0,
+    only: dict[str, list[str]] | None = None,
+    overrides: dict | None = None,
 ) -> list[Path]:
-    """Run every unfinished run of ``grid``; returns the run folders (finished ones included). The grid folder
-    also gets a copy of the grid file and ``environment.json`` (updated at every start).
+    """Run every unfinished run of ``grid`` (or of the runs :func:`select_runs` keeps with ``only`` and
+    ``overrides``); returns their folders (finished ones included). The grid folder also gets a copy of the grid
+    file and ``environment.json`` (updated at every start).
 
     Raises :class:`GridError` before anything runs when a run's arguments do not parse, or when a run folder holds a
     run of a different configuration. While runs are in flight, their finished epochs are printed (at most every
     ``progress_every`` seconds)."""
     if parallel < 1:
         raise ValueError(f"parallel must be >= 1, got {parallel}")
-    runs = grid.runs()
+    runs = select_runs(grid.runs(), only, overrides)
     directories = [run_directory(runs_dir, grid, run) for run in runs]
     problems = check_runs(grid, runs, directories)
     if problems:
