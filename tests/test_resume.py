@@ -37,11 +37,18 @@ ARGS = [
 ]
 
 
+# trainer options under which Lightning validates inside an epoch, or not at every epoch's end
+VALIDATION_SCHEDULES = {
+    "every-2-epochs": ["--trainer.check_val_every_n_epoch=2"],
+    "twice-per-epoch": ["--trainer.val_check_interval=0.5"],
+}
+
+
 def start(root: Path, *extra: str) -> subprocess.Popen:
     """An `openmix fit` process writing under ``root`` (its working directory is a sibling folder, to show that
     nothing goes to ./runs when --trainer.default_root_dir is given)."""
     cwd = root.parent / "cwd"
-    cwd.mkdir(exist_ok=True)
+    cwd.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{ROOT / 'tests'}{os.pathsep}{ROOT}"}
     command = [sys.executable, "-m", "openmix.cli", *ARGS, f"--trainer.default_root_dir={root}", *extra]
     return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -52,13 +59,12 @@ def finish(process: subprocess.Popen) -> None:
     assert process.returncode == 0, output[-3000:]
 
 
-def kill_at(root: Path, **point: int) -> None:
+def kill_at(root: Path, *extra: str, **point: int) -> None:
     """Run until the PauseAt callback reaches ``point``, then SIGKILL the process from outside."""
     marker = root.parent / "paused"
     options = [f"--trainer.callbacks.{key}={value}" for key, value in point.items()]
-    process = start(
-        root, "--trainer.callbacks+=kill_callback.PauseAt", f"--trainer.callbacks.marker={marker}", *options
-    )
+    pause = ["--trainer.callbacks+=kill_callback.PauseAt", f"--trainer.callbacks.marker={marker}", *options]
+    process = start(root, *extra, *pause)
     deadline = time.monotonic() + 600
     while not marker.is_file():
         assert process.poll() is None, process.communicate()[0][-3000:]
@@ -95,6 +101,22 @@ def straight(tmp_path_factory) -> list[dict[str, str]]:
     root = tmp_path_factory.mktemp("straight") / "root"
     finish(start(root))
     return rows(root)
+
+
+@pytest.mark.parametrize("schedule", VALIDATION_SCHEDULES)
+def test_validation_inside_or_between_epochs_resumes_exactly(tmp_path, schedule):
+    """With validation every 2 epochs or twice per epoch, Lightning's own last.ckpt would be written mid-epoch and
+    the resumed epoch lost or not replayed; openmix's last.ckpt is always an epoch's end."""
+    options = VALIDATION_SCHEDULES[schedule]
+    straight_root, root = tmp_path / "straight" / "root", tmp_path / "killed" / "root"
+    finish(start(straight_root, *options))
+    kill_at(root, *options, step=STEPS_PER_EPOCH + 6)  # late in epoch 2, after its mid-epoch validation
+    finish(start(root, *options, "--ckpt_path=last"))
+    after, uninterrupted = rows(root), rows(straight_root)
+    for key in ("train/loss_epoch", "train/lam_mean", "val/top1", "val/nll", "val/ece"):
+        assert per_epoch(after, key) == per_epoch(uninterrupted, key), key
+    assert all(len(v) == 1 for v in per_epoch(after, "train/images_per_sec").values())
+    assert min(v[0] for v in per_epoch(after, "train/images_per_sec").values()) > 0
 
 
 @pytest.mark.parametrize(
@@ -135,3 +157,16 @@ def test_resuming_a_finished_run_keeps_its_log(tmp_path):
     finish(start(root, "--ckpt_path=last"))
     assert (root / "lightning_logs" / "version_0" / "metrics.csv").read_text() == log
     assert sorted(p.name for p in (root / "lightning_logs").iterdir()) == ["version_0"]
+
+
+def test_a_resume_with_another_configuration_is_refused(tmp_path):
+    """`--ckpt_path last` continues the run's own experiment: a longer schedule or another mixer would mix two."""
+    root = tmp_path / "root"
+    finish(start(root))
+    log = (root / "lightning_logs" / "version_0" / "metrics.csv").read_text()
+    for change, shown in (("--trainer.max_epochs=4", "trainer.max_epochs: 3 -> 4"),
+                          ("--model.init_args.mixer=cutmix", "model.init_args.mixer: 'fmix' -> 'cutmix'")):  # fmt: skip
+        process = start(root, change, "--ckpt_path=last")
+        output, _ = process.communicate(timeout=600)
+        assert process.returncode != 0 and shown in output and "Traceback" not in output, output[-2000:]
+    assert (root / "lightning_logs" / "version_0" / "metrics.csv").read_text() == log

@@ -102,15 +102,13 @@ def command(grid: Grid, run: Run, directory: Path) -> list[str]:
     return args
 
 
-def saved_config(directory: Path) -> dict[str, Any] | None:
-    """The resolved configuration a run folder was made with (from the ``config.yaml`` LightningCLI saved), or
-    ``None`` when the run never got that far."""
+def resolved_config_file(path: Path) -> dict[str, Any]:
+    """The resolved configuration of a saved ``config.yaml``, as :func:`~openmix.lightning.cli.resolve_config`
+    gives it (``fit``'s own options and the location keys left out). A file that no longer parses raises
+    ``ValueError`` naming it."""
     from openmix.lightning.cli import LOCATION_KEYS, resolve_config
 
-    saved = directory / "config.yaml"
-    if not saved.is_file():
-        return None
-    data = yaml.safe_load(saved.read_text()) or {}
+    data = yaml.safe_load(path.read_text()) or {}
     data = {key: value for key, value in data.items() if key in _fit_keys()}  # not the subcommand's own options
     for key in LOCATION_KEYS:  # where it wrote is not part of what it trained
         *parents, last = key.split(".")
@@ -119,14 +117,21 @@ def saved_config(directory: Path) -> dict[str, Any] | None:
             node = node.get(part) if isinstance(node, dict) else None
         if isinstance(node, dict):
             node.pop(last, None)
-    copy = directory / ".config-to-compare.yaml"
+    copy = path.with_name(f".{path.stem}-to-compare.yaml")
     copy.write_text(yaml.safe_dump(data))
     try:
         return resolve_config(["--config", str(copy)])
     except ValueError as error:
-        raise ValueError(f"{saved} no longer parses ({error.args[0].splitlines()[0]})") from None
+        raise ValueError(f"{path} no longer parses ({error.args[0].splitlines()[0]})") from None
     finally:
         copy.unlink(missing_ok=True)
+
+
+def saved_config(directory: Path) -> dict[str, Any] | None:
+    """The resolved configuration a run folder was made with (from the ``config.yaml`` LightningCLI saved), or
+    ``None`` when the run never got that far."""
+    saved = directory / "config.yaml"
+    return resolved_config_file(saved) if saved.is_file() else None
 
 
 @functools.cache

@@ -167,11 +167,11 @@ class AutoMixClassifier(MixClassifier):
         online_loss, mixed_logits, online = self.online_losses(x, y, features)  # 2. trains the online network
         loss = online_loss + block_loss + self.hparams.mask_loss_weight * mask_loss
         batch_size = x.shape[0]
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch_size)
-        self.log("train/top1", self.mixed_accuracy(mixed_logits, online), on_epoch=True, batch_size=batch_size)
-        self.log("train/mask_loss", mask_loss, on_epoch=True, batch_size=batch_size)
-        self.log("train/block_loss", block_loss, on_epoch=True, batch_size=batch_size)
-        self.log("train/momentum", self.current_momentum, on_epoch=True, batch_size=batch_size)
+        self.log_train("train/loss", loss, batch_size, on_step=True)
+        self.log_train("train/top1", self.mixed_accuracy(mixed_logits, online), batch_size)
+        self.log_train("train/mask_loss", mask_loss, batch_size)
+        self.log_train("train/block_loss", block_loss, batch_size)
+        self.log_train("train/momentum", self.current_momentum, batch_size)
         self.train_lams.append(online.lam.detach().cpu())
         self._epoch_images += batch_size
         return loss
@@ -199,6 +199,10 @@ class AutoMixClassifier(MixClassifier):
         if self.hparams.momentum_bn == "eval":
             for ema, online in zip(self.ema_network.buffers(), self.network.buffers()):
                 ema.copy_(online)
+
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        self.current_momentum = self.momentum_at(self.global_step)  # a resumed run continues the schedule
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         self.current_momentum = self.momentum_at(self.global_step)

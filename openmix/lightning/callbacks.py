@@ -1,32 +1,37 @@
-"""RunCheckpoint: Lightning's ModelCheckpoint with a ``last.ckpt`` that is always the end of the last epoch.
+"""RunCheckpoint: Lightning's ModelCheckpoint whose ``last.ckpt`` is always the end of the last finished epoch.
 
-Lightning (2.x) refreshes ``last.ckpt`` only when a top-k checkpoint is saved: with ``monitor="val/top1"`` and
-``save_top_k=1``, an epoch that does not beat the best leaves ``last.ckpt`` at an older epoch, and
-``--ckpt_path last`` then trains the finished epochs again (or, after many epochs without improvement, most of the
-run). ``RunCheckpoint`` writes ``last.ckpt`` at every epoch end (when ``save_last`` is set), in addition to what
-ModelCheckpoint saves, so a resume loses at most the epoch in flight.
+``last.ckpt`` is what ``--ckpt_path last`` resumes, so it must be a state a resume can repeat exactly. Lightning
+(2.x) writes it only when a top-k checkpoint is saved, and at whatever point that happens: an epoch that does not
+beat the best leaves it at an older epoch, and with ``check_val_every_n_epoch > 1`` or ``val_check_interval < 1`` it
+is written at a validation inside an epoch, from which Lightning resumes an epoch it cannot replay (its batches count
+as done; the data loader is not resumable). ``RunCheckpoint`` writes ``last.ckpt`` exactly once per epoch, at the end
+of the training epoch (after the module's epoch-end hooks, which log the epoch's summary first), and never
+elsewhere. The top-k checkpoints (the best by ``val/top1``) are saved as Lightning saves them.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 
 class RunCheckpoint(ModelCheckpoint):
-    """ModelCheckpoint (same arguments) whose ``last.ckpt`` follows every epoch, not only improvements."""
+    """ModelCheckpoint (same arguments) whose ``last.ckpt`` is written at every epoch end and only there."""
 
-    def _refresh_last(self, trainer: L.Trainer) -> None:
-        # skipped when this step was already saved (a new best refreshes last.ckpt itself), in sanity checks, etc.
-        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+    _at_epoch_end = False
+
+    def _save_last_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict[str, Any]) -> None:
+        if self._at_epoch_end:  # Lightning's own calls (after a top-k save, mid-epoch included) are left out
+            super()._save_last_checkpoint(trainer, monitor_candidates)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
-        if self._should_save_on_train_epoch_end(trainer):
-            self._refresh_last(trainer)
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        super().on_validation_end(trainer, pl_module)
-        if not self._should_save_on_train_epoch_end(trainer):
-            self._refresh_last(trainer)
+        if not self.save_last or trainer.sanity_checking or trainer.fast_dev_run:
+            return
+        self._at_epoch_end = True
+        try:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        finally:
+            self._at_epoch_end = False

@@ -107,7 +107,11 @@ class OpenmixCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         if self.subcommand == "fit":
-            resume_into_run_folder(self.config["fit"])
+            config = self.config["fit"]
+            put_run_logger_first(config["trainer"])
+            folder = resume_into_run_folder(config)
+            if folder is not None:
+                check_same_configuration(folder, self._subcommand_parsers["fit"], config)
         elif self.subcommand in ("validate", "test", "predict"):
             evaluate_beside_run(self.config[self.subcommand], self.subcommand)
 
@@ -164,6 +168,17 @@ def refuse_linked_arguments(args: list[str]) -> None:
             )
 
 
+def put_run_logger_first(trainer_config: Any) -> None:
+    """Checkpoints go to the first logger's folder: with a RunLogger among several loggers, it goes first, so that
+    the run's checkpoints, ``metrics.csv`` and ``config.yaml`` share one folder that ``--ckpt_path last`` finds."""
+    loggers = trainer_config.get("logger")
+    if not isinstance(loggers, list):
+        return
+    spec = _run_logger_spec(trainer_config)
+    if spec is not None and loggers[0] is not spec:
+        trainer_config["logger"] = [spec, *[other for other in loggers if other is not spec]]
+
+
 def _run_logger_spec(trainer_config: Any) -> Any:
     """The config node of the first RunLogger of the trainer (a Namespace with ``init_args``), or None."""
     loggers = trainer_config.get("logger")
@@ -174,40 +189,73 @@ def _run_logger_spec(trainer_config: Any) -> Any:
     return None
 
 
-def resume_into_run_folder(config: Any) -> None:
-    """Make ``fit --ckpt_path ...`` continue the run it resumes, in its own folder.
+def resume_into_run_folder(config: Any) -> Path | None:
+    """Make ``fit --ckpt_path ...`` continue the run it resumes, in its own folder; returns that folder (``None``
+    when the logger's folder is fixed or nothing is resumed).
 
     With the default logger (a RunLogger without a fixed version) a new process would open the next
     ``version_N`` folder, where ``--ckpt_path last`` finds no checkpoint. Here the run folder is chosen first:
-    ``last`` resumes the newest ``version_N`` (starting over there when it holds no checkpoint yet, i.e. the run was
-    killed before its first validation); a checkpoint file inside ``<root>/<name>/<version>/checkpoints/`` resumes
-    that version. Logs then continue in the same ``metrics.csv`` (see :mod:`openmix.lightning.loggers`).
+    ``last`` resumes the newest ``version_N`` that holds a ``checkpoints/last.ckpt`` (folders of evaluations or of
+    other loggers do not count), or, when none does, starts the newest ``version_N`` over (a run killed before its
+    first epoch ended); a checkpoint file inside ``<root>/<name>/<version>/checkpoints/`` resumes that version. Logs
+    then continue in the same ``metrics.csv`` (see :mod:`openmix.lightning.loggers`).
     """
     ckpt_path = config.get("ckpt_path")
     spec = _run_logger_spec(config["trainer"])
     if ckpt_path is None or spec is None:
-        return
+        return None
     init_args = spec.get("init_args") or {}
     if init_args.get("version") is not None:
-        return
+        return None
     save_dir = init_args.get("save_dir") or config["trainer"].get("default_root_dir") or "."
     name = init_args.get("name", "lightning_logs") or ""
     versions_root = Path(save_dir) / name
     if ckpt_path == "last":
-        version = latest_version(versions_root)
+        if config.get("checkpoint", {}).get("dirpath") is not None:  # the user keeps checkpoints elsewhere
+            version = latest_version(versions_root)
+            if version is not None:
+                _set_version(spec, version)
+            return None
+        resumable = latest_version(versions_root, containing="checkpoints/last.ckpt")
+        version = resumable if resumable is not None else latest_version(versions_root)
         if version is None:
-            return
+            return None
         folder = versions_root / f"version_{version}"
-        if not (folder / "checkpoints").is_dir() and config.get("checkpoint", {}).get("dirpath") is None:
+        if resumable is None:
             config["ckpt_path"] = None  # nothing to resume from yet: start over in the same folder
             rank_zero_info(f"no checkpoint in {folder} yet: training it from the start")
         _set_version(spec, version)
-        return
+        return folder if resumable is not None else None
     checkpoint = Path(ckpt_path).resolve()
     if checkpoint.parent.name == "checkpoints" and checkpoint.parent.parent.parent == versions_root.resolve():
         version_name = checkpoint.parent.parent.name
         number = version_name.removeprefix("version_")
         _set_version(spec, int(number) if number.isdigit() else version_name)
+        return checkpoint.parent.parent
+    return None
+
+
+def check_same_configuration(folder: Path, fit_parser: Any, config: Any) -> None:
+    """A resumed run must train what its folder's run trained: compare the resolved configurations and stop, with
+    the keys that changed, when they differ (a longer schedule, another mixer, other data ...)."""
+    from openmix.bench.runner import config_changes, resolved_config_file
+
+    saved = folder / "config.yaml"
+    if not saved.is_file():
+        return
+    current = folder / ".resume-config.yaml"
+    current.write_text(fit_parser.dump(config, skip_validation=True))
+    try:
+        before, after = resolved_config_file(saved), resolved_config_file(current)
+    finally:
+        current.unlink(missing_ok=True)
+    changes = config_changes(before, after)
+    if changes:
+        shown = "\n  ".join(changes[:10]) + (f"\n  ... {len(changes) - 10} more" if len(changes) > 10 else "")
+        raise SystemExit(
+            f"openmix fit: the run in {folder} was made with another configuration; resuming it would mix two "
+            f"experiments:\n  {shown}\nResume it with its own configuration ({saved}), or start a new run."
+        )
 
 
 def _run_log_dir(config: Any, spec: Any) -> Path | None:
@@ -282,12 +330,15 @@ class _ParseOnlyCLI(OpenmixCLI):
         pass
 
 
-# Keys that say where a run writes, not what it trains: left out when runs are compared.
+# Keys that say where a run writes and how it reports, not what it trains: left out when runs are compared.
 LOCATION_KEYS = (
     "ckpt_path",
     "trainer.logger",
     "trainer.default_root_dir",
+    "trainer.callbacks",
     "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+    "trainer.log_every_n_steps",
     "checkpoint.dirpath",
 )
 

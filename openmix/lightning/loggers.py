@@ -63,6 +63,12 @@ class ResumableWriter(ExperimentWriter):
         header, _ = read_rows(self.metrics_file_path)
         self.metrics_keys = header  # the file's columns, so appended rows line up with them
 
+    def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
+        """Lightning truncates the file and writes it again: a kill in between left it empty. Write a new file
+        beside it and rename it over the old one instead (atomic on POSIX)."""
+        _, rows = read_rows(self.metrics_file_path)
+        write_rows(self.metrics_file_path, fieldnames, rows)
+
     def discard_from(self, epoch: int, step: int) -> int:
         """Drop the rows of epochs ``>= epoch`` from ``metrics.csv``, and the rows without an epoch (the learning
         rate at an epoch's start) logged at steps ``>= step``; returns how many rows were dropped."""
@@ -70,6 +76,8 @@ class ResumableWriter(ExperimentWriter):
         header, rows = read_rows(self.metrics_file_path)
 
         def earlier(row: dict[str, str]) -> bool:
+            if None in row.values():  # a row cut short by a kill in the middle of its append
+                return False
             if row.get("epoch"):
                 return int(float(row["epoch"])) < epoch
             return not row.get("step") or int(float(row["step"])) < step
@@ -131,9 +139,12 @@ class RunLogger(CSVLogger):
         return self.experiment.discard_from(epoch, step)
 
 
-def latest_version(root: str | os.PathLike) -> int | None:
-    """The largest N of the ``version_N`` folders in ``root``, ``None`` when there are none."""
+def latest_version(root: str | os.PathLike, containing: str | None = None) -> int | None:
+    """The largest N of the ``version_N`` folders in ``root`` (that hold the file ``containing``, when given),
+    ``None`` when there are none."""
     if not os.path.isdir(root):
         return None
     numbers = [int(m.group(1)) for entry in os.listdir(root) if (m := re.fullmatch(r"version_(\d+)", entry))]
+    if containing is not None:
+        numbers = [n for n in numbers if os.path.isfile(os.path.join(root, f"version_{n}", containing))]
     return max(numbers) if numbers else None

@@ -147,6 +147,7 @@ class MixClassifier(L.LightningModule):
         self._epoch_start = 0.0
         self._validation_seconds = 0.0  # validation inside the current training epoch, left out of images/s
         self._validation_start: float | None = None
+        self._epoch_sums: dict[str, tuple[Tensor | float, int]] = {}  # name -> (weighted sum, count) this epoch
         self._wall_time_before = 0.0  # training time of the run's earlier segments (restored from a checkpoint)
         self._segment_start: float | None = None
 
@@ -208,8 +209,8 @@ class MixClassifier(L.LightningModule):
         else:
             logits = self(mix.x)
             loss = self.objective(logits, mix)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=x.shape[0])
-        self.log("train/top1", self.mixed_accuracy(logits, mix), on_epoch=True, batch_size=x.shape[0])
+        self.log_train("train/loss", loss, x.shape[0], on_step=True)
+        self.log_train("train/top1", self.mixed_accuracy(logits, mix), x.shape[0])
         self.train_lams.append(mix.lam.detach().cpu())
         self._epoch_images += x.shape[0]
         return loss
@@ -283,21 +284,61 @@ class MixClassifier(L.LightningModule):
 
     # ----- epoch bookkeeping: throughput and the lambda histogram ---------------------------------------------
     def on_train_epoch_start(self) -> None:
+        self._epoch_sums = {}
         self._epoch_images = 0
         self._epoch_start = time.perf_counter()
         self._validation_seconds = 0.0
         self.train_lams = []
 
-    def on_train_epoch_end(self) -> None:
+    def log_train(self, name: str, value: Tensor | float, batch_size: int, on_step: bool = False) -> None:
+        """Log a training value: every ``log_every_n_steps`` steps when ``on_step`` (as ``self.log``), and its
+        batch-weighted mean over the epoch as ``<name>_epoch`` in the epoch's summary row."""
+        if on_step:
+            self.log(name, value, on_step=True, on_epoch=False, prog_bar=name == "train/loss", batch_size=batch_size)
+        value = torch.as_tensor(value, dtype=torch.float64, device=self.device).detach()
+        total, count = self._epoch_sums.get(name, (0.0, 0))
+        self._epoch_sums[name] = (total + value * batch_size, count + batch_size)  # no host sync: stays a tensor
+
+    def epoch_summary(self) -> dict[str, float]:
+        """The epoch's training statistics, reduced over ranks: means of what :meth:`log_train` saw, images/s
+        (summed over ranks, training time only), cumulative wall time, peak memory (largest rank), mean lambda."""
         # training time only: the validation that Lightning runs inside the epoch is subtracted
         elapsed = max(time.perf_counter() - self._epoch_start - self._validation_seconds, 1e-9)
-        self.log("train/images_per_sec", self._epoch_images / elapsed, sync_dist=True, reduce_fx="sum")
-        self.log("train/wall_time_s", self.run_wall_time())  # cumulative over resumes: the report's wall time
-        self.log("train/peak_rss_mb", self.peak_memory_mb(), sync_dist=True, reduce_fx="max")
+        summary: dict[str, Tensor] = {}
+        for name, (total, count) in self._epoch_sums.items():
+            totals = self.all_gather(
+                torch.stack(
+                    [
+                        torch.as_tensor(total, dtype=torch.float64, device=self.device),
+                        torch.tensor(float(count), dtype=torch.float64, device=self.device),
+                    ]
+                )
+            )
+            totals = totals.reshape(-1, 2).sum(dim=0)  # (world, 2) summed; a single process gives (2,)
+            summary[f"{name}_epoch"] = totals[0] / totals[1].clamp(min=1)
+        rate = torch.tensor(self._epoch_images / elapsed, dtype=torch.float64, device=self.device)
+        summary["train/images_per_sec"] = self.all_gather(rate).sum()
+        memory = torch.tensor(self.peak_memory_mb(), dtype=torch.float64, device=self.device)
+        summary["train/peak_rss_mb"] = self.all_gather(memory).max()
+        summary["train/wall_time_s"] = torch.tensor(self.run_wall_time())  # cumulative over resumes
+        if self.train_lams:
+            summary["train/lam_mean"] = torch.cat(self.train_lams).double().mean()
+        return {name: float(value) for name, value in summary.items()}  # one host read per epoch
+
+    def on_train_epoch_end(self) -> None:
+        summary = self.epoch_summary()
+        self._epoch_sums = {}
+        for name, value in summary.items():  # for callbacks and the progress bar; the loggers get one row below
+            self.log(name, value, logger=False)
+        # The row goes to the loggers now, before the epoch's checkpoint (RunCheckpoint runs after this hook):
+        # Lightning would log it after the checkpoint, and a kill in between would lose it for good.
+        step = getattr(self.trainer.fit_loop.epoch_loop, "_batches_that_stepped", self.global_step) - 1
+        for logger in self.loggers:
+            logger.log_metrics({**summary, "epoch": self.current_epoch}, step=max(step, 0))
+            logger.save()
         if not self.train_lams:
             return
         lams = torch.cat(self.train_lams)
-        self.log("train/lam_mean", lams.mean())
         for logger in self.loggers:  # histograms where the logger has them (TensorBoard, wandb)
             experiment = getattr(logger, "experiment", None)
             if hasattr(experiment, "add_histogram"):

@@ -72,6 +72,29 @@ class WarmupCosineLR(LRScheduler):
             group["lr"] = learning_rate
         self._last_lr = learning_rates
 
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore a checkpoint's schedule. A resume must ask for the run the checkpoint was part of: a cosine
+        schedule ends at its last step, so continuing a finished run for more epochs would train at ``min_lr``
+        (a run's length changed under it is refused, naming both lengths)."""
+        wanted = self.total_steps
+        saved = state_dict.get("total_steps")
+        if (
+            wanted is not None
+            and saved is not None
+            and (wanted, self.steps_per_epoch)
+            != (
+                saved,
+                state_dict.get("steps_per_epoch"),
+            )
+        ):
+            raise ValueError(
+                f"the checkpoint's learning-rate schedule covers {saved} steps ({state_dict.get('steps_per_epoch')} "
+                f"per epoch) but this run has {wanted} ({self.steps_per_epoch} per epoch): a resume must keep "
+                "trainer.max_epochs / max_steps and the data of the run it continues. To train longer, start a new "
+                "run (e.g. from the checkpoint's weights) with the longer schedule."
+            )
+        super().load_state_dict(state_dict)
+
     def factor(self, step: int) -> float:
         """Share of each base learning rate at ``step`` (0-based), before ``min_lr`` is applied."""
         if self.total_steps is None:
