@@ -46,7 +46,7 @@ def write_grid(folder: Path, name: str = "tiny", axes: dict | None = None, **arg
 
 
 def openmix(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}
     return subprocess.run(
         [sys.executable, "-m", "openmix.cli", *args], capture_output=True, text=True, env=env, timeout=timeout
     )
@@ -132,13 +132,20 @@ def test_a_run_folder_has_one_writer(tmp_path):
 @pytest.mark.slow
 def test_killing_the_runner_kills_its_runs_and_a_second_writer_is_refused(tmp_path):
     runs = tmp_path / "runs"
-    grid = write_grid(tmp_path, **{"trainer.max_epochs": 30, "data.init_args.limit_train": 64})
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    marker = tmp_path / "paused"
+    pause = {"class_path": "kill_callback.PauseAt", "init_args": {"marker": str(marker), "step": 5}}
+    grid = write_grid(
+        tmp_path, **{"trainer.max_epochs": 5, "data.init_args.limit_train": 64, "trainer.callbacks": [pause]}
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}
     command = [sys.executable, "-m", "openmix.cli", "bench", str(grid), "--runs-dir", str(runs)]
     output = open(tmp_path / "bench.out", "w")
     runner = subprocess.Popen([*command, "--progress-every", "0.2"], env=env, stdout=output, stderr=subprocess.STDOUT)
     folder = runs / "tiny" / "mixer=vanilla"
     deadline = time.monotonic() + 300
+    while not marker.is_file():  # the run pauses after epoch 2 (2 steps per epoch), holding its folder
+        assert time.monotonic() < deadline and runner.poll() is None
+        time.sleep(0.1)
     while "epoch 2 done" not in (tmp_path / "bench.out").read_text():  # progress while the run is in flight
         assert time.monotonic() < deadline and runner.poll() is None
         time.sleep(0.1)
@@ -161,7 +168,7 @@ def test_killing_the_runner_kills_its_runs_and_a_second_writer_is_refused(tmp_pa
         os.kill(child, signal.SIGKILL)
         pytest.fail("the fit process outlived the runner")
     output.close()
-    assert "mixer=vanilla: epoch 1 done, val top-1" in (tmp_path / "bench.out").read_text()
+    assert "mixer=vanilla: epoch 2 done, val top-1 " in (tmp_path / "bench.out").read_text()
     assert not folder_is_locked(folder)
 
 

@@ -97,10 +97,16 @@ def finished_epochs_before(log: list[dict[str, str]]) -> int:
 
 
 @pytest.fixture(scope="module")
-def straight(tmp_path_factory) -> list[dict[str, str]]:
+def straight_root(tmp_path_factory) -> Path:
+    """An uninterrupted run (the later tests only resume it, which must change nothing)."""
     root = tmp_path_factory.mktemp("straight") / "root"
     finish(start(root))
-    return rows(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def straight(straight_root) -> list[dict[str, str]]:
+    return rows(straight_root)
 
 
 @pytest.mark.parametrize("schedule", VALIDATION_SCHEDULES)
@@ -150,19 +156,17 @@ def test_a_run_killed_anywhere_resumes_to_the_uninterrupted_result(tmp_path, str
     assert all(wall[e][0] < wall[e + 1][0] for e in range(EPOCHS - 1)), "wall time must add up across the resume"
 
 
-def test_resuming_a_finished_run_keeps_its_log(tmp_path):
-    root = tmp_path / "root"
-    finish(start(root))
+def test_resuming_a_finished_run_keeps_its_log(straight_root, straight):
+    root = straight_root
     log = (root / "lightning_logs" / "version_0" / "metrics.csv").read_text()
     finish(start(root, "--ckpt_path=last"))
     assert (root / "lightning_logs" / "version_0" / "metrics.csv").read_text() == log
     assert sorted(p.name for p in (root / "lightning_logs").iterdir()) == ["version_0"]
 
 
-def test_a_resume_with_another_configuration_is_refused(tmp_path):
+def test_a_resume_with_another_configuration_is_refused(straight_root, straight):
     """`--ckpt_path last` continues the run's own experiment: a longer schedule or another mixer would mix two."""
-    root = tmp_path / "root"
-    finish(start(root))
+    root = straight_root
     log = (root / "lightning_logs" / "version_0" / "metrics.csv").read_text()
     for change, shown in (("--trainer.max_epochs=4", "trainer.max_epochs: 3 -> 4"),
                           ("--model.init_args.mixer=cutmix", "model.init_args.mixer: 'fmix' -> 'cutmix'")):  # fmt: skip

@@ -73,3 +73,24 @@ def test_a_cosine_schedule_cannot_be_stretched_on_resume():
     same = WarmupCosineLR(torch.optim.SGD([parameter], lr=0.1))
     same.set_total_steps(24, 8)
     same.load_state_dict(state)  # the run it was part of: fine
+
+
+def test_a_checkpoint_is_replaced_whole_or_not_at_all(tmp_path):
+    """A process killed while saving leaves the previous last.ckpt, not a truncated one."""
+    from types import SimpleNamespace
+
+    from openmix.lightning.callbacks import RunCheckpoint
+
+    target = tmp_path / "last.ckpt"
+    target.write_bytes(b"previous checkpoint")
+
+    def killed_while_saving(path, weights_only=False):
+        with open(path, "wb") as stream:
+            stream.write(b"half of it")
+        raise KeyboardInterrupt
+
+    strategy = SimpleNamespace(barrier=lambda *a: None)
+    trainer = SimpleNamespace(save_checkpoint=killed_while_saving, is_global_zero=True, strategy=strategy)
+    with pytest.raises(KeyboardInterrupt):
+        RunCheckpoint(dirpath=str(tmp_path))._save_checkpoint(trainer, str(target))
+    assert target.read_bytes() == b"previous checkpoint"

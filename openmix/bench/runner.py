@@ -209,7 +209,9 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
     if sys.platform.startswith("linux"):
         import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+        # SIGKILL: Lightning turns SIGTERM into a flag it checks between batches, which a stalled process never
+        # reaches; checkpoints are written atomically (RunCheckpoint), so a kill cannot leave a broken one
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
 
 
 def previous_segments(directory: Path) -> list[dict[str, Any]]:
