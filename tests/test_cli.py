@@ -90,45 +90,6 @@ def test_show_writes_a_png(tmp_path):
         main(["show", "cutmix", "--data", "NoSuchData", "--out", str(out)])
 
 
-def _final_metrics(log_dir: Path) -> dict[str, float]:
-    rows = list(csv.DictReader(open(log_dir / "metrics.csv")))
-    last_val = [row for row in rows if row.get("val/top1")][-1]
-    return {key: float(last_val[key]) for key in ("epoch", "val/top1", "val/nll", "val/ece")}
-
-
-@needs_fmnist
-@pytest.mark.slow
-def test_resume_after_a_crash_reaches_the_same_final_metrics(tmp_path):
-    """A run killed (SIGKILL) in the middle of epoch 2 and resumed with --ckpt_path last ends exactly where an
-    uninterrupted run with the same seed ends."""
-    common = ["fit", *TINY_MODEL, *TINY_DATA, "--trainer.max_epochs=3", "--model.init_args.mixer=cutmix"]
-
-    def run(name: str, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
-        directory = tmp_path / name
-        args = [
-            *common,
-            f"--trainer.default_root_dir={directory}",
-            f"--trainer.logger.init_args.save_dir={directory}",
-            "--trainer.logger.init_args.name=",
-            "--trainer.logger.init_args.version=",
-            f"--checkpoint.dirpath={directory / 'checkpoints'}",
-            *extra,
-        ]
-        return cli(*args, env={"PYTHONPATH": str(ROOT / "tests")}, check=check)
-
-    run("straight")
-    crashed = run(
-        "crashed", "--trainer.callbacks+=kill_callback.KillAtStep", "--trainer.callbacks.step=12", check=False
-    )
-    assert crashed.returncode != 0, "the crash callback must kill the run"
-    assert (tmp_path / "crashed" / "checkpoints" / "last.ckpt").is_file()
-    run("crashed", "--ckpt_path=last")
-    straight, resumed = _final_metrics(tmp_path / "straight"), _final_metrics(tmp_path / "crashed")
-    assert straight["epoch"] == resumed["epoch"] == 2
-    for key in ("val/top1", "val/nll", "val/ece"):
-        assert resumed[key] == pytest.approx(straight[key], abs=1e-6), key
-
-
 @needs_fmnist
 @pytest.mark.slow
 def test_tensorboard_and_offline_wandb_loggers(tmp_path):
@@ -176,13 +137,11 @@ def test_ddp_on_two_cpu_processes(tmp_path):
 
 @needs_fmnist
 @pytest.mark.slow
-def test_validate_test_and_predict_from_a_checkpoint(tmp_path):
+def test_predict_from_a_checkpoint(tmp_path):
+    """(validate and test of a checkpoint: test_evaluating_a_run_writes_beside_it and the docs' commands)"""
     args = [*TINY_MODEL, *TINY_DATA, f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false"]
     cli("fit", *args, "--trainer.max_epochs=1", f"--checkpoint.dirpath={tmp_path / 'ckpt'}")
     checkpoint = tmp_path / "ckpt" / "last.ckpt"
-    for command in ("validate", "test"):
-        result = cli(command, *args, f"--ckpt_path={checkpoint}")
-        assert "top1" in result.stdout + result.stderr
     result = cli("predict", *args, f"--ckpt_path={checkpoint}", check=False)
     assert result.returncode == 0, result.stderr[-1500:]
 
@@ -340,8 +299,8 @@ def test_a_model_argument_the_data_sets_is_refused(tmp_path):
     config = tmp_path / "model.yaml"
     config.write_text("model:\n  init_args:\n    num_classes: 5\n")
     for args in (["--model.init_args.num_classes=5"], ["--config", str(config)]):
-        result = cli("fit", *args, "--print_config", check=False)
-        assert result.returncode != 0 and "set by the data module" in result.stderr, args
+        with pytest.raises(SystemExit, match="set by the data module"):
+            run_lightning(["fit", *args, "--print_config"])
 
 
 def test_a_misspelt_mixer_is_one_clear_line(tmp_path):
@@ -352,8 +311,13 @@ def test_a_misspelt_mixer_is_one_clear_line(tmp_path):
 
 @pytest.mark.parametrize("content", [b"", b"not a checkpoint", b"PK\x03\x04truncated"], ids=["empty", "text", "cut"])
 def test_a_bad_checkpoint_file_is_named(tmp_path, content):
+    from openmix.lightning.cli import check_checkpoint_file
+
     checkpoint = tmp_path / "last.ckpt"
     checkpoint.write_bytes(content)
-    result = cli("validate", f"--ckpt_path={checkpoint}", "--trainer.logger=false", check=False)
-    assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert f"{checkpoint} is not a PyTorch checkpoint" in result.stderr
+    with pytest.raises(SystemExit, match=f"{checkpoint} is not a PyTorch checkpoint"):
+        check_checkpoint_file(str(checkpoint))
+    if content == b"":  # and as a user meets it: one line, before Lightning reads the file
+        result = cli("validate", f"--ckpt_path={checkpoint}", "--trainer.logger=false", check=False)
+        assert result.returncode != 0 and "Traceback" not in result.stderr
+        assert f"{checkpoint} is not a PyTorch checkpoint" in result.stderr
