@@ -19,21 +19,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from openmix._checks import check_bool, is_real
+
 if TYPE_CHECKING:  # MixOutput imports this module; the type is only needed for annotations
     from openmix.mixers._base import MixOutput
 
 REDUCTIONS = ("mean", "sum", "none")
-
-
-def _is_real(value: Any) -> bool:
-    """A Python or NumPy int / float scalar (``numbers.Real``), not a bool: np.float32 counts like float."""
-    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
-
-
-def _check_bool(value: Any, name: str) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
-    return bool(value)
 
 
 def _check_tensor(value: Any, name: str, dims: tuple[int, ...] | None = None) -> Tensor:
@@ -53,7 +44,7 @@ def _check_mix(mix: Any) -> None:
 
 
 def _check_smoothing(smoothing: Any) -> float:
-    if not _is_real(smoothing):
+    if not is_real(smoothing):
         raise TypeError(f"smoothing must be a number, got {type(smoothing).__name__}")
     if not 0.0 <= smoothing < 1.0 or math.isnan(smoothing):
         raise ValueError(f"smoothing must lie in [0, 1), got {smoothing}")
@@ -61,7 +52,7 @@ def _check_smoothing(smoothing: Any) -> float:
 
 
 def _check_eta(eta: Any) -> float:
-    if not _is_real(eta) or not math.isfinite(eta) or eta < 0:
+    if not is_real(eta) or not math.isfinite(eta) or eta < 0:
         raise ValueError(f"eta must be a finite number >= 0, got {eta!r}")
     return float(eta)
 
@@ -69,7 +60,7 @@ def _check_eta(eta: Any) -> float:
 def _check_threshold(target_threshold: Any) -> float | None:
     if target_threshold is None:
         return None
-    if not _is_real(target_threshold):
+    if not is_real(target_threshold):
         raise TypeError(f"target_threshold must be a number in [0, 1) or None, got {target_threshold!r}")
     if not 0.0 <= target_threshold < 1.0:
         raise ValueError(f"target_threshold must lie in [0, 1) or be None, got {target_threshold}")
@@ -154,7 +145,7 @@ def binary_cross_entropy(
 def _check_lam_eps(lam_eps: Any) -> float | None:
     if lam_eps is None:
         return None
-    if not _is_real(lam_eps) or not 0.0 <= lam_eps < 0.5:
+    if not is_real(lam_eps) or not 0.0 <= lam_eps < 0.5:
         raise ValueError(f"lam_eps must be None or a number in [0, 0.5), got {lam_eps!r}")
     return float(lam_eps)
 
@@ -196,7 +187,7 @@ def decoupled_regularizer(
             lam exactly 0 or 1); ``None`` skips none for their lam.
     """
     lam_eps = _check_lam_eps(lam_eps)
-    lam_weighted = _check_bool(lam_weighted, "lam_weighted")
+    lam_weighted = check_bool(lam_weighted, "lam_weighted")
     _check_tensor(logits, "logits", dims=(2,))
     _check_tensor(lam, "lam")
     for name, labels in (("y_a", y_a), ("y_b", y_b)):
@@ -284,7 +275,7 @@ class DecoupledMixupLoss(nn.Module):
         super().__init__()
         self.eta = _check_eta(eta)
         self.smoothing = _check_smoothing(smoothing)
-        self.lam_weighted = _check_bool(lam_weighted, "lam_weighted")
+        self.lam_weighted = check_bool(lam_weighted, "lam_weighted")
         self.lam_eps = _check_lam_eps(lam_eps)
 
     def forward(self, logits: Tensor, mix: MixOutput) -> Tensor:

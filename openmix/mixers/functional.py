@@ -12,7 +12,6 @@ Conventions:
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -20,27 +19,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from openmix._checks import check_bool, is_int, is_real  # noqa: F401 (part of this module's checks)
+
 PAIRINGS = ("random", "flip")
 
 
 # ------------------------------------------------------------------------------------------- argument checks
-def is_real(value: Any) -> bool:
-    """A real number: a Python int or float or a NumPy integer or floating scalar (``numbers.Real``), not a bool."""
-    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
-
-
-def is_int(value: Any) -> bool:
-    """An integer: a Python int or a NumPy integer scalar (``numbers.Integral``), not a bool."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
-
-
-def check_bool(value: Any, name: str) -> bool:
-    """``value`` as a bool (Python or NumPy), else a ``TypeError`` naming ``name``."""
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
-    return bool(value)
-
-
 def check_real(value: Any, name: str, condition: str, accept: Callable[[float], bool]) -> float:
     """``value`` as a float: a ``TypeError`` naming ``name`` when it is not a real number (bools are refused), a
     ``ValueError`` saying ``name must <condition>`` when ``accept(value)`` is false (NaN fails every comparison)."""
