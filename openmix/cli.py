@@ -41,6 +41,8 @@ def list_command(args: Sequence[str]) -> None:
     options = parser.parse_args(args)
     import openmix
 
+    if not openmix.list_mixers(options.pattern):
+        raise ValueError(f"no mixer matches {options.pattern!r}; registered: {', '.join(openmix.list_mixers())}")
     for name in openmix.list_mixers(options.pattern):
         entry = openmix.get_mixer_entry(name)
         defaults = ", ".join(f"{key}={value!r}" for key, value in entry.defaults.items()) or "-"
@@ -198,8 +200,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         hint = f"; did you mean {close[0]!r}?" if close else ""
         print(f"openmix: unknown command {args[0]!r}{hint}\n\n{USAGE}", file=sys.stderr, end="")
         raise SystemExit(2)
-    # LightningCLI reads sys.argv itself when called as the console script (no "args given twice" warning)
-    run_lightning(None if argv is None else args)
+    from openmix.bench.run_folder import RunFolderBusy
+
+    try:  # LightningCLI reads sys.argv itself when called as the console script (no "args given twice" warning)
+        run_lightning(None if argv is None else args)
+    except RunFolderBusy as error:
+        print(f"openmix {args[0]}: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -154,6 +154,7 @@ def test_report_writes_tables_and_plots(tmp_path):
     for name in ("results.md", "results.csv", "curves.png", "top1_bars.png", "top1_vs_cost.png"):
         assert (tmp_path / "out" / name).is_file(), name
     assert "cutmix" in table and "+5.00" in table
+    (tmp_path / "empty").mkdir()  # a folder without runs (a missing folder is its own error)
     with pytest.raises(FileNotFoundError, match="no finished runs"):
         report(tmp_path / "empty")
 

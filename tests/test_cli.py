@@ -243,6 +243,11 @@ def test_verbs_that_do_not_train_do_not_import_lightning(argv, allowed):
     assert imported <= allowed, imported
 
 
+def test_list_says_when_nothing_matches():
+    result = cli("list", "nosuch*", check=False)
+    assert result.returncode == 2 and "no mixer matches 'nosuch*'" in result.stderr
+
+
 def test_help_lists_every_verb():
     result = cli("--help")
     for verb in ("fit", "validate", "test", "predict", "list", "show", "bench", "report"):

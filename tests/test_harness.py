@@ -107,14 +107,47 @@ def fake_run(grid_dir: Path, run: str, grid: str | None, top1: float) -> None:
 
 @pytest.mark.parametrize("recorded", [True, False], ids=["grid-in-run-json", "grid-from-folder"])
 def test_report_never_merges_two_grids(tmp_path, recorded):
-    """Two grids with a seed-0 vanilla run each: two reports of 1 seed, not one row of "2 seeds"."""
-    for grid, top1 in (("first", 0.5), ("second", 0.7)):
-        fake_run(tmp_path / grid, "vanilla", grid if recorded else None, top1)
+    """Grids with a seed-0 vanilla run each: one report per grid folder, not one row of "3 seeds", also when two
+    grids share a name (a grid and its smoke test in another --runs-dir)."""
+    folders = {"runs/first": 0.5, "runs/second": 0.7, "smoke/first": 0.6}
+    for folder, top1 in folders.items():
+        fake_run(tmp_path / folder, "vanilla", folder.split("/")[1] if recorded else None, top1)
     text = report(tmp_path, last=1)
-    assert "## grid first" in text and "## grid second" in text
-    for grid, top1 in (("first", "50.00"), ("second", "70.00")):
-        table = (tmp_path / grid / "results.md").read_text()
-        assert f"| vanilla | 1 | {top1} |" in table
+    assert text.count("## grid first") == 2 and text.count("## grid second") == 1
+    for folder, top1 in folders.items():
+        table = (tmp_path / folder / "results.md").read_text()
+        assert f"| vanilla | 1 | {100 * top1:.2f} |" in table
+    assert not (tmp_path / "results.md").exists()
+
+
+def test_report_refuses_a_baseline_that_matches_nothing(tmp_path):
+    fake_run(tmp_path / "g", "vanilla", "g", 0.5)
+    with pytest.raises(ValueError, match="baseline mixer=nosuch matches no runs; the runs' labels are mixer=vanilla"):
+        report(tmp_path / "g", last=1, baseline={"mixer": "nosuch"})
+    with pytest.raises(FileNotFoundError, match="no such directory"):
+        report(tmp_path / "nowhere")
+
+
+def test_set_may_not_override_what_an_axis_varies_and_unknown_mixers_stop_the_grid(tmp_path):
+    axes = {"mixer": {"vanilla": {"model.init_args.mixer": None}, "mixup": {"model.init_args.mixer": "mixupp"}}}
+    grid = write_grid(tmp_path, axes=axes)
+    clash = openmix("bench", str(grid), "--runs-dir", str(tmp_path / "runs"), "--set", "model.init_args.mixer=cutmix")
+    assert clash.returncode == 2 and "axis 'mixer' varies model.init_args.mixer" in clash.stderr
+    typo = openmix("bench", str(grid), "--runs-dir", str(tmp_path / "runs"))
+    assert typo.returncode == 2 and "unknown mixer 'mixupp'; did you mean 'mixup'" in typo.stderr
+    assert not (tmp_path / "runs" / "tiny" / "mixer=vanilla").exists(), "nothing may train first"
+    only = openmix("bench", str(grid), "--runs-dir", str(tmp_path / "runs"), "--only", "mixr=mixup")
+    assert only.returncode == 2 and "no axis 'mixr' (its axes: mixer)" in only.stderr
+
+
+def test_a_grid_name_stays_inside_the_runs_folder(tmp_path):
+    from openmix.bench import load_grid
+
+    for name in ("../escape", "a/b", ".."):
+        path = tmp_path / "g.yaml"
+        path.write_text(yaml.safe_dump({"name": name, "axes": {"seed": [0]}}))
+        with pytest.raises(ValueError, match="plain folder name"):
+            load_grid(path)
 
 
 def test_a_run_folder_has_one_writer(tmp_path):
@@ -155,7 +188,8 @@ def test_killing_the_runner_kills_its_runs_and_a_second_writer_is_refused(tmp_pa
     second = openmix(
         "fit", "--config", str(folder / "config.yaml"), f"--ckpt_path={folder / 'checkpoints' / 'last.ckpt'}"
     )
-    assert second.returncode != 0 and "being written by another process" in second.stdout + second.stderr
+    assert second.returncode != 0 and "being written by another process" in second.stderr
+    assert "Traceback" not in second.stderr  # one line, like every clean error
     runner.send_signal(signal.SIGTERM)  # `kill PID` of the runner only
     runner.wait(timeout=60)
     for _ in range(100):  # the fit child follows its parent

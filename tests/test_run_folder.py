@@ -94,3 +94,8 @@ def test_a_checkpoint_is_replaced_whole_or_not_at_all(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         RunCheckpoint(dirpath=str(tmp_path))._save_checkpoint(trainer, str(target))
     assert target.read_bytes() == b"previous checkpoint"
+
+
+def test_last_with_no_run_under_the_root_is_an_error_not_a_new_run(tmp_path):
+    with pytest.raises(SystemExit, match="no run to resume under"):
+        resume_into_run_folder(fit_config(tmp_path))

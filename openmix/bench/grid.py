@@ -171,6 +171,8 @@ def load_grid(path: str | Path) -> Grid:
     name = spec.get("name", path.stem)
     if not isinstance(name, (str, int)) or isinstance(name, bool) or not str(name).strip():
         raise ValueError(f"{path}: name must be a non-empty string (the runs' folder), got {_kind(name)}")
+    if str(name) in (".", "..") or any(sep in str(name) for sep in ("/", "\\")):
+        raise ValueError(f"{path}: name must be a plain folder name inside --runs-dir, got {str(name)!r}")
     base = spec.get("base") or []
     if not isinstance(base, list) or not all(isinstance(config, str) for config in base):
         raise ValueError(f"{path}: base must be a list of config files (a YAML list, '- file.yaml'), got {_kind(base)}")

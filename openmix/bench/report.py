@@ -122,7 +122,7 @@ def load_runs(runs_dir: str | Path, directories: list[Path] | None = None) -> li
         labels = record.get("labels") or {"run": record_path.parent.name}
         wall_time = (curves.get("train/wall_time_s") or [record["wall_time_s"]])[-1]  # cumulative: the last epoch's
         peak_memory = max([record["peak_rss_mb"], *(curves.get("train/peak_rss_mb") or [])])
-        grid = str(record.get("grid") or record_path.parent.parent.name)
+        grid = str(record_path.parent.parent)  # a grid is its folder: two grids of one name in two runs-dirs differ
         results.append(RunResult(record_path.parent.name, labels, epochs, curves, wall_time, peak_memory, grid))
     return results
 
@@ -160,6 +160,10 @@ def summarise(results: list[RunResult], baseline: dict[str, str] | None = None, 
     """One dict per method with every column of the table (numbers, not text)."""
     methods = group_methods(results)
     base = next((m for m in methods if baseline and all(m.labels.get(k) == v for k, v in baseline.items())), None)
+    if baseline and base is None:
+        known = sorted({f"{k}={v}" for m in methods for k, v in m.labels.items()})
+        wanted = ",".join(f"{k}={v}" for k, v in baseline.items())
+        raise ValueError(f"baseline {wanted} matches no runs; the runs' labels are {', '.join(known)}")
     if base is None:
         base = next((m for m in methods if "vanilla" in m.labels.values()), None)
     base_top1 = [run.final("val/top1") * 100 for run in base.runs] if base else []
@@ -312,19 +316,20 @@ def report(
     reported, and those without a finished result are listed under the table. Without it every finished run under
     ``runs_dir`` is read; runs of different grids are never merged: each grid gets its own report, in
     ``out_dir/<grid>`` (default: the grid's own folder)."""
+    if not Path(runs_dir).is_dir():
+        raise FileNotFoundError(f"no such directory: {runs_dir}")
     results = load_runs(runs_dir, directories)
     if not results:
         raise FileNotFoundError(f"no finished runs (run.json with status 'done') under {runs_dir}")
     grids = sorted({result.grid for result in results})
     if directories is None and len(grids) > 1:
         texts = []
-        for grid in grids:
-            members = [Path(r) for r in sorted(Path(runs_dir).rglob("run.json")) if _grid_of(r) == grid]
-            folder = members[0].parent.parent
-            target = Path(out_dir) / grid if out_dir is not None else folder
-            texts.append(
-                f"## grid {grid} ({target})\n\n" + report(folder, target, last, baseline, [m.parent for m in members])
-            )
+        for grid in grids:  # each grid folder gets its own report, in itself or under out_dir at the same path
+            folder = Path(grid)
+            members = sorted(record.parent for record in folder.glob("*/run.json"))
+            target = Path(out_dir) / folder.relative_to(runs_dir) if out_dir is not None else folder
+            name = _grid_name(folder)
+            texts.append(f"## grid {name} ({folder})\n\n" + report(folder, target, last, baseline, members))
         return "\n".join(texts)
     out = Path(out_dir or runs_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -347,6 +352,10 @@ def report(
     return table
 
 
-def _grid_of(record_path: Path) -> str:
-    record = read_record(record_path)
-    return str(record.get("grid") or record_path.parent.parent.name)
+def _grid_name(folder: Path) -> str:
+    """The grid's name as its runs recorded it (``run.json``'s ``grid``), else its folder's name."""
+    for record_path in sorted(folder.glob("*/run.json")):
+        name = read_record(record_path).get("grid")
+        if name:
+            return str(name)
+    return folder.name

@@ -14,6 +14,10 @@ from typing import Any
 LOCK_FILE = "run.lock"
 
 
+class RunFolderBusy(RuntimeError):
+    """Another process holds the run folder's lock."""
+
+
 def lock_folder(directory: str | Path) -> Any:
     """Take the exclusive lock of a run folder; returns the open lock file (keep it open to hold the lock), or
     ``None`` where file locks are not available. Raises ``RuntimeError`` when another process holds it."""
@@ -29,7 +33,7 @@ def lock_folder(directory: str | Path) -> Any:
         handle.seek(0)
         holder = handle.read().strip() or "?"
         handle.close()
-        raise RuntimeError(
+        raise RunFolderBusy(
             f"{directory} is being written by another process (pid {holder}): one writer per run folder. "
             "Wait for it to end, or stop it, before resuming this run."
         ) from None
@@ -45,7 +49,7 @@ def folder_is_locked(directory: str | Path) -> bool:
         return False
     try:
         handle = lock_folder(directory)
-    except RuntimeError:
+    except RunFolderBusy:
         return True
     if handle is not None:
         handle.close()  # releases the lock at once

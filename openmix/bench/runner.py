@@ -166,6 +166,15 @@ def check_runs(grid: Grid, runs: list[Run], directories: list[Path]) -> list[str
         except ValueError as error:
             problems.append(f"{run.name}: its arguments are not a valid configuration:\n{error}")
             continue
+        mixer = ((wanted.get("model") or {}).get("init_args") or {}).get("mixer")
+        if isinstance(mixer, str):  # a value the parser cannot check: an unknown mixer fails only when the run starts
+            from openmix.mixers import get_mixer_entry
+
+            try:
+                get_mixer_entry(mixer)
+            except ValueError as error:
+                problems.append(f"{run.name}: model.init_args.mixer: {error}")
+                continue
         try:
             made = saved_config(directory)
         except ValueError as error:
@@ -320,9 +329,13 @@ def select_runs(runs: list[Run], only: dict[str, list[str]] | None = None, overr
     import dataclasses
 
     for axis, labels in (only or {}).items():
+        if axis not in runs[0].labels:
+            raise ValueError(
+                f"--only {axis}=...: the grid has no axis {axis!r} (its axes: {', '.join(runs[0].labels)})"
+            )
         known = {run.labels.get(axis) for run in runs}
-        if axis not in runs[0].labels or not set(labels) <= known:
-            choices = ", ".join(sorted(str(k) for k in known if k is not None)) or "none"
+        if not set(labels) <= known:
+            choices = ", ".join(sorted(str(k) for k in known if k is not None))
             raise ValueError(f"--only {axis}={','.join(labels)}: the grid's values of {axis!r} are {choices}")
     chosen = [run for run in runs if all(run.labels.get(axis) in labels for axis, labels in (only or {}).items())]
     return [dataclasses.replace(run, overrides={**run.overrides, **(overrides or {})}) for run in chosen]
@@ -346,6 +359,11 @@ def run_grid(
     ``progress_every`` seconds)."""
     if parallel < 1:
         raise ValueError(f"parallel must be >= 1, got {parallel}")
+    varied = {key: axis for axis, labels in grid.axes.items() for values in labels.values() for key in values}
+    clashes = sorted(key for key in overrides or {} if key in varied)
+    if clashes:  # the runs' labels would then lie about what they trained
+        key = clashes[0]
+        raise GridError(f"--set {key}: the grid's axis {varied[key]!r} varies {key}; use --only to pick its values")
     runs = select_runs(grid.runs(), only, overrides)
     directories = [run_directory(runs_dir, grid, run) for run in runs]
     problems = check_runs(grid, runs, directories)

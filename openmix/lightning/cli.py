@@ -218,8 +218,11 @@ def resume_into_run_folder(config: Any) -> Path | None:
             return None
         resumable = latest_version(versions_root, containing="checkpoints/last.ckpt")
         version = resumable if resumable is not None else latest_version(versions_root)
-        if version is None:
-            return None
+        if version is None:  # a mistyped root must not turn a resume into a new run
+            raise SystemExit(
+                f"openmix fit: --ckpt_path last: no run to resume under {versions_root} (no version_N folder); "
+                "leave out --ckpt_path to start a new run, or point --trainer.default_root_dir at the run's root"
+            )
         folder = versions_root / f"version_{version}"
         if resumable is None:
             config["ckpt_path"] = None  # nothing to resume from yet: start over in the same folder
