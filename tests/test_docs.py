@@ -90,12 +90,21 @@ def runnable(argv: list[str], workspace: Path) -> list[str]:
         return argv + _option(extra)
     if verb == "bench":  # a dry run too: it checks the runs made with the same settings
         grid = yaml.safe_load((workspace / argv[1]).read_text())
-        settings = TINY_MODEL | TINY_DATA | {"trainer.max_epochs": 1, "data.init_args.batch_size": 4} | ON_THE_CPU
-        extra = [word for key, value in settings.items() for word in ("--set", _option({key: value})[0][2:])]
+        # one epoch of two steps, whatever the grid's schedules: max_steps, since a grid may vary max_epochs
+        settings = TINY_MODEL | TINY_DATA | ON_THE_CPU
+        settings |= {"trainer.max_steps": 2, "data.init_args.limit_train": 8, "data.init_args.batch_size": 4}
+        varied = {key for axis in (grid.get("axes") or {}).values() if isinstance(axis, dict)
+                  for values in axis.values() for key in values}  # fmt: skip
+        extra = [word for key, value in settings.items() if key not in varied
+                 for word in ("--set", _option({key: value})[0][2:])]  # fmt: skip
         if "seed" in grid.get("axes", {}) and not any(word.startswith("seed=") for word in argv):
             extra += ["--only", "seed=0"]
         if not any(word.startswith("mixer=") for word in argv):
             extra += ["--only", "mixer=vanilla,mixup"]
+        for axis, values in (grid.get("axes") or {}).items():  # one value of every other axis
+            if axis not in ("seed", "mixer") and not any(word.startswith(f"{axis}=") for word in argv):
+                first = next(iter(values)) if isinstance(values, dict) else values[0]
+                extra += ["--only", f"{axis}={first}"]
         return argv + extra
     return argv
 
