@@ -106,17 +106,11 @@ def resolved_config_file(path: Path) -> dict[str, Any]:
     """The resolved configuration of a saved ``config.yaml``, as :func:`~openmix.lightning.cli.resolve_config`
     gives it (``fit``'s own options and the location keys left out). A file that no longer parses raises
     ``ValueError`` naming it."""
-    from openmix.lightning.cli import LOCATION_KEYS, resolve_config
+    from openmix.lightning.cli import resolve_config, without_location_keys
 
     data = yaml.safe_load(path.read_text()) or {}
     data = {key: value for key, value in data.items() if key in _fit_keys()}  # not the subcommand's own options
-    for key in LOCATION_KEYS:  # where it wrote is not part of what it trained
-        *parents, last = key.split(".")
-        node = data
-        for part in parents:
-            node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, dict):
-            node.pop(last, None)
+    without_location_keys(data)  # where it wrote is not part of what it trained
     copy = path.with_name(f".{path.stem}-to-compare.yaml")
     copy.write_text(yaml.safe_dump(data))
     try:

@@ -377,11 +377,16 @@ def resolve_config(args: Sequence[str]) -> dict[str, Any]:
     finally:
         seed_log.setLevel(level)
     config = yaml.safe_load(cli.parser.dump(cli.config, skip_validation=True))
+    return without_location_keys(config)
+
+
+def without_location_keys(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` (a plain nested dict) with the :data:`LOCATION_KEYS` removed, in place; returns it."""
     for key in LOCATION_KEYS:
-        node, *path = key.split(".")
-        parent = config
-        for part in [node, *path][:-1]:
-            parent = parent.get(part) if isinstance(parent, dict) else None
-        if isinstance(parent, dict):
-            parent.pop(key.split(".")[-1], None)
+        *parents, last = key.split(".")
+        node = config
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(last, None)
     return config
