@@ -13,12 +13,14 @@ __version__ = "0.1.0"
 
 _PUBLIC = {
     "Mixer": "openmix.mixers",
+    "PairMixer": "openmix.mixers",
     "MixOutput": "openmix.mixers",
     "create_mixer": "openmix.mixers",
     "get_mixer_entry": "openmix.mixers",
     "list_mixers": "openmix.mixers",
     "register_mixer": "openmix.mixers",
     "losses": "openmix.losses",
+    "targets": "openmix.targets",
 }
 
 __all__ = ["__version__", *_PUBLIC]
@@ -28,7 +30,7 @@ def __getattr__(name: str) -> Any:
     if name not in _PUBLIC:
         raise AttributeError(f"module 'openmix' has no attribute {name!r}")
     module = importlib.import_module(_PUBLIC[name])
-    value = module if name == "losses" else getattr(module, name)
+    value = module if name in ("losses", "targets") else getattr(module, name)
     globals()[name] = value  # later lookups skip this function
     return value
 

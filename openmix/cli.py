@@ -1,7 +1,7 @@
 """The ``openmix`` command.
 
 - ``openmix fit|validate|test|predict``: LightningCLI over :class:`~openmix.lightning.MixClassifier` and any
-  :class:`~openmix.lightning.data.ClassificationData` (Fashion-MNIST by default). Config files stack
+  :class:`~openmix.data.ClassificationData` (Fashion-MNIST by default). Config files stack
   (``--config a.yaml --config b.yaml``), ``--print_config`` prints every default, unknown keys are errors, and each
   run saves its resolved ``config.yaml`` next to its logs. The data module's ``num_classes`` and ``in_chans``
   are linked into the model, so a dataset config is enough to size the classifier.
@@ -46,15 +46,18 @@ def list_command(args: Sequence[str]) -> None:
     for name in openmix.list_mixers(options.pattern):
         entry = openmix.get_mixer_entry(name)
         defaults = ", ".join(f"{key}={value!r}" for key, value in entry.defaults.items()) or "-"
-        network = "  [needs a network]" if entry.needs_network else ""  # the class says so
-        print(f"{name}{network}\n    defaults: {defaults}\n    paper: {entry.paper}\n    {entry.url}")
+        needs = f"  [needs: {', '.join(entry.requires)}]" if entry.requires else ""  # the class says so
+        learned = "  [learned]" if entry.learned else ""
+        hooks = ", ".join(entry.hooks)
+        print(f"{name}{needs}{learned}\n    acts on: {hooks}\n    defaults: {defaults}")
+        print(f"    paper: {entry.paper}\n    {entry.url}")
 
 
 def show_command(args: Sequence[str]) -> None:
     """Write a PNG grid of mixed samples from a dataset."""
     parser = argparse.ArgumentParser(prog="openmix show", description="Draw a mixer on samples of a dataset.")
     parser.add_argument("mixer", nargs="+", help="registered mixer name(s)")
-    parser.add_argument("--data", default="FashionMNISTData", help="data module class in openmix.lightning.data")
+    parser.add_argument("--data", default="FashionMNISTData", help="data module class in openmix.data")
     parser.add_argument("--root", default=None, help="dataset root (the data module's default if omitted)")
     parser.add_argument("--num", type=int, default=8, help="samples per row (at least 1)")
     parser.add_argument("--mode", default=None, choices=("batch", "elem"), help="default: each mixer's own")
@@ -70,17 +73,18 @@ def show_command(args: Sequence[str]) -> None:
             entry = openmix.get_mixer_entry(name)  # unknown names fail before any data is read
         except ValueError as error:
             parser.error(str(error))
-        trained_by = getattr(entry.cls, "trained_by", None)
-        if trained_by is not None:  # a learned mixer has nothing to show before it is trained
-            parser.error(f"{name} is learned during training ({trained_by}); an untrained one has no masks to show")
+        if entry.learned:  # a learned mixer has nothing to show before it is trained
+            parser.error(
+                f"{name} is learned during training ({entry.cls.trained_by}); an untrained one has no masks to show"
+            )
     import torch
 
-    from openmix.lightning import data as data_modules
+    import openmix.data as data_modules
     from openmix.viz import render_grid
 
     module_class = getattr(data_modules, options.data, None)
     if not (isinstance(module_class, type) and issubclass(module_class, data_modules.ClassificationData)):
-        parser.error(f"--data must name a data module of openmix.lightning.data, got {options.data!r}")
+        parser.error(f"--data must name a data module of openmix.data, got {options.data!r}")
     kwargs = {"augment": False} | ({"root": options.root} if options.root else {})
     module = module_class(**kwargs)
     module.setup("validate")

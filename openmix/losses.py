@@ -1,7 +1,6 @@
-"""Targets, losses and mixing objectives.
+"""Losses and mixing objectives (the targets they compare with live in :mod:`openmix.targets`).
 
-Label smoothing belongs to the targets, not to the mixer: :func:`one_hot_targets` smooths each sample's own target
-before :func:`mix_targets` interpolates them. Every loss takes logits (B, K).
+Every loss takes logits (B, K).
 
 The objective modules (``SoftTargetCrossEntropy``, ``MixedBinaryCrossEntropy``, ``DecoupledMixupLoss``,
 ``RegMixupLoss``) take the mixer's :class:`~openmix.MixOutput` directly, so a training step is
@@ -11,44 +10,38 @@ The objective modules (``SoftTargetCrossEntropy``, ``MixedBinaryCrossEntropy``, 
 from __future__ import annotations
 
 import math
-import numbers
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from openmix._checks import check_bool, is_real
+from openmix.targets import check_smoothing, check_tensor, mix_targets, one_hot_targets
 
-if TYPE_CHECKING:  # MixOutput imports this module; the type is only needed for annotations
+if TYPE_CHECKING:  # the type is only needed for annotations
     from openmix.mixers._base import MixOutput
 
+__all__ = [
+    "DecoupledMixupLoss",
+    "MixedBinaryCrossEntropy",
+    "Objective",
+    "RegMixupLoss",
+    "SoftTargetCrossEntropy",
+    "binary_cross_entropy",
+    "decoupled_regularizer",
+    "mix_targets",
+    "one_hot_targets",
+    "regmixup_loss",
+    "soft_target_cross_entropy",
+]
+
 REDUCTIONS = ("mean", "sum", "none")
-
-
-def _check_tensor(value: Any, name: str, dims: tuple[int, ...] | None = None) -> Tensor:
-    """``value`` if it is a tensor (with one of ``dims`` dimensions), else a ``TypeError`` / ``ValueError`` naming
-    ``name``."""
-    if not isinstance(value, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
-    if dims is not None and value.dim() not in dims:
-        shapes = " or ".join({1: "(B,)", 2: "(B, K)"}.get(d, f"{d}-d") for d in dims)
-        raise ValueError(f"{name} must have shape {shapes}, got {tuple(value.shape)}")
-    return value
 
 
 def _check_mix(mix: Any) -> None:
     if not callable(getattr(mix, "soft_targets", None)):
         raise TypeError(f"mix must be the mixer's MixOutput, got {type(mix).__name__}")
-
-
-def _check_smoothing(smoothing: Any) -> float:
-    if not is_real(smoothing):
-        raise TypeError(f"smoothing must be a number, got {type(smoothing).__name__}")
-    if not 0.0 <= smoothing < 1.0 or math.isnan(smoothing):
-        raise ValueError(f"smoothing must lie in [0, 1), got {smoothing}")
-    return float(smoothing)
 
 
 def _check_eta(eta: Any) -> float:
@@ -77,46 +70,10 @@ def _reduce(loss: Tensor, reduction: str) -> Tensor:
     raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
 
 
-def one_hot_targets(y: Tensor, num_classes: int, smoothing: float = 0.0) -> Tensor:
-    """(B, K) float32 targets from class ids (B,) or soft / multi-hot targets (B, K), label-smoothed.
-
-    Smoothing moves ``smoothing`` of the mass to the uniform distribution: ``t * (1 - s) + s / K``.
-    """
-    smoothing = _check_smoothing(smoothing)
-    if not isinstance(num_classes, numbers.Integral) or isinstance(num_classes, (bool, np.bool_)) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-    num_classes = int(num_classes)
-    _check_tensor(y, "y")
-    if y.dim() == 1:
-        if y.dtype != torch.int64:
-            raise TypeError(f"y with shape (B,) must hold int64 class ids, got {y.dtype}")
-        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
-            raise ValueError(f"y holds class ids outside [0, {num_classes}): min {int(y.min())}, max {int(y.max())}")
-        targets = F.one_hot(y, num_classes).float()
-    elif y.dim() == 2:
-        if y.shape[1] != num_classes:
-            raise ValueError(f"y has {y.shape[1]} classes but num_classes={num_classes}")
-        targets = y.float()
-    else:
-        raise ValueError(f"y must have shape (B,) or (B, K), got {tuple(y.shape)}")
-    if smoothing > 0:
-        targets = targets * (1.0 - smoothing) + smoothing / num_classes
-    return targets
-
-
-def mix_targets(y_a: Tensor, y_b: Tensor, lam: Tensor, num_classes: int, smoothing: float = 0.0) -> Tensor:
-    """(B, K) float32 ``lam * t(y_a) + (1 - lam) * t(y_b)`` with t from :func:`one_hot_targets`."""
-    target_a = one_hot_targets(y_a, num_classes, smoothing)
-    target_b = one_hot_targets(y_b, num_classes, smoothing)
-    _check_tensor(lam, "lam")
-    lam = lam.to(device=target_a.device, dtype=torch.float32).reshape(-1, 1)
-    return torch.lerp(target_b, target_a, lam)
-
-
 def soft_target_cross_entropy(logits: Tensor, targets: Tensor, reduction: str = "mean") -> Tensor:
     """Cross entropy against a target distribution: ``-sum_k t_k log softmax(z)_k`` per sample."""
-    _check_tensor(logits, "logits")
-    _check_tensor(targets, "targets")
+    check_tensor(logits, "logits")
+    check_tensor(targets, "targets")
     if logits.shape != targets.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} must have the same shape")
     loss = -(targets * F.log_softmax(logits.float(), dim=-1)).sum(dim=-1)
@@ -131,8 +88,8 @@ def binary_cross_entropy(
     With ``target_threshold`` the targets are binarised first (``t > threshold``), so every class present in the
     mix above that share counts as a positive. The per-sample loss is the mean over classes.
     """
-    _check_tensor(logits, "logits")
-    _check_tensor(targets, "targets")
+    check_tensor(logits, "logits")
+    check_tensor(targets, "targets")
     if logits.shape != targets.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} must have the same shape")
     target_threshold = _check_threshold(target_threshold)
@@ -188,10 +145,10 @@ def decoupled_regularizer(
     """
     lam_eps = _check_lam_eps(lam_eps)
     lam_weighted = check_bool(lam_weighted, "lam_weighted")
-    _check_tensor(logits, "logits", dims=(2,))
-    _check_tensor(lam, "lam")
+    check_tensor(logits, "logits", dims=(2,))
+    check_tensor(lam, "lam")
     for name, labels in (("y_a", y_a), ("y_b", y_b)):
-        _check_tensor(labels, name)
+        check_tensor(labels, name)
         if labels.dim() != 1 or labels.dtype != torch.int64:
             raise TypeError(f"{name} must be (B,) int64 class ids for the decoupled regularizer, got {labels.dtype}")
     logits = logits.float()
@@ -221,39 +178,43 @@ def regmixup_loss(
     )
 
 
-class SoftTargetCrossEntropy(nn.Module):
-    """Mixed cross entropy: soft-target CE against ``mix.soft_targets(K, smoothing)``."""
+class Objective(nn.Module):
+    """Base class of the training objectives: ``objective(logits, mix)`` (and ``clean_logits`` when
+    ``uses_clean_batch``), a scalar loss. A trainer takes any subclass as a typed component (in a config:
+    ``objective: {class_path: openmix.losses.RegMixupLoss, init_args: {eta: 1.0}}``)."""
 
-    uses_clean_batch = False
+    uses_clean_batch = False  # True: the trainer passes the clean batch's logits too (RegMixup)
+
+
+class SoftTargetCrossEntropy(Objective):
+    """Mixed cross entropy: soft-target CE against ``mix.soft_targets(K, smoothing)``."""
 
     def __init__(self, smoothing: float = 0.0):
         super().__init__()
-        self.smoothing = _check_smoothing(smoothing)
+        self.smoothing = check_smoothing(smoothing)
 
     def forward(self, logits: Tensor, mix: MixOutput) -> Tensor:
-        _check_tensor(logits, "logits", dims=(2,))
+        check_tensor(logits, "logits", dims=(2,))
         _check_mix(mix)
         return soft_target_cross_entropy(logits, mix.soft_targets(logits.shape[-1], self.smoothing))
 
 
-class MixedBinaryCrossEntropy(nn.Module):
+class MixedBinaryCrossEntropy(Objective):
     """BCE against the mixed targets (optionally binarised at ``target_threshold``), as in timm / DeiT III."""
-
-    uses_clean_batch = False
 
     def __init__(self, smoothing: float = 0.0, target_threshold: float | None = None):
         super().__init__()
-        self.smoothing = _check_smoothing(smoothing)
+        self.smoothing = check_smoothing(smoothing)
         self.target_threshold = _check_threshold(target_threshold)
 
     def forward(self, logits: Tensor, mix: MixOutput) -> Tensor:
-        _check_tensor(logits, "logits", dims=(2,))
+        check_tensor(logits, "logits", dims=(2,))
         _check_mix(mix)
         targets = mix.soft_targets(logits.shape[-1], self.smoothing)
         return binary_cross_entropy(logits, targets, self.target_threshold)
 
 
-class DecoupledMixupLoss(nn.Module):
+class DecoupledMixupLoss(Objective):
     """Mixed CE + ``eta`` * the decoupled regularizer (:func:`decoupled_regularizer`).
 
     Args:
@@ -267,19 +228,17 @@ class DecoupledMixupLoss(nn.Module):
     arg-max class of each (the method is defined for two competing classes).
     """
 
-    uses_clean_batch = False
-
     def __init__(
         self, eta: float = 0.1, smoothing: float = 0.0, lam_weighted: bool = True, lam_eps: float | None = 1e-3
     ):
         super().__init__()
         self.eta = _check_eta(eta)
-        self.smoothing = _check_smoothing(smoothing)
+        self.smoothing = check_smoothing(smoothing)
         self.lam_weighted = check_bool(lam_weighted, "lam_weighted")
         self.lam_eps = _check_lam_eps(lam_eps)
 
     def forward(self, logits: Tensor, mix: MixOutput) -> Tensor:
-        _check_tensor(logits, "logits", dims=(2,))
+        check_tensor(logits, "logits", dims=(2,))
         _check_mix(mix)
         mixed = soft_target_cross_entropy(logits, mix.soft_targets(logits.shape[-1], self.smoothing))
         # soft (B, K) labels: the decoupled term pits the two arg-max classes against each other
@@ -289,7 +248,7 @@ class DecoupledMixupLoss(nn.Module):
         return mixed + self.eta * decoupled
 
 
-class RegMixupLoss(nn.Module):
+class RegMixupLoss(Objective):
     """RegMixup: CE on the clean batch + ``eta`` * mixed CE. The clean and mixed batches go through the network
     together (``model(torch.cat([x, mix.x]))``), so ``uses_clean_batch`` tells the trainer to concatenate them."""
 
@@ -298,11 +257,11 @@ class RegMixupLoss(nn.Module):
     def __init__(self, eta: float = 1.0, smoothing: float = 0.0):
         super().__init__()
         self.eta = _check_eta(eta)
-        self.smoothing = _check_smoothing(smoothing)
+        self.smoothing = check_smoothing(smoothing)
 
     def forward(self, logits: Tensor, mix: MixOutput, clean_logits: Tensor) -> Tensor:
-        _check_tensor(logits, "logits", dims=(2,))
-        _check_tensor(clean_logits, "clean_logits", dims=(2,))
+        check_tensor(logits, "logits", dims=(2,))
+        check_tensor(clean_logits, "clean_logits", dims=(2,))
         _check_mix(mix)
         num_classes = logits.shape[-1]
         clean_targets = one_hot_targets(mix.y_a, num_classes, self.smoothing)

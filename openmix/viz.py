@@ -3,13 +3,13 @@
 Used by ``openmix show`` and ``tools/visualize_mixers.py``. Each panel is titled with the lambda the mixer reports
 (the share of the sample's own image) and the two classes (own / partner); a red line marks the edge of the region
 taken from the partner. Every mixer gets its own ``torch.Generator`` seeded with ``seed``, so a row is the same in
-every figure it appears in. Mixers that need a network get :class:`BrightnessFeatures`, so Attentive CutMix moves
-the partner's brightest cells.
+every figure it appears in. Mixers that need a network get their needs from :class:`BrightnessNetwork` through
+:func:`openmix.lightning.services.mixer_inputs` (the trainer's own services), so Attentive CutMix moves the partner's
+brightest cells and a class activation map is the image's brightness.
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 
 import matplotlib
@@ -24,42 +24,48 @@ from matplotlib.figure import Figure  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
 import openmix  # noqa: E402
+from openmix.lightning.services import mixer_inputs  # noqa: E402
 
-ATTENTION_NOTE = "attentivemix: extractor = the image average-pooled to the grid, so the brightest partner cells move"
+NETWORK_NOTE = (
+    "mixers that need a network see the image's brightness as its features (the brightest partner cells move)"
+)
 
 
-class BrightnessFeatures(nn.Module):
-    """A fixed "feature extractor" for Attentive CutMix: the image average-pooled to ``grid`` x ``grid``."""
+class BrightnessNetwork(nn.Module):
+    """A fixed stand-in network: its features are the image average-pooled to ``grid`` x ``grid`` (a bright cell
+    scores high), its classifier a linear layer after global average pooling whose weights are all 1 (so the class
+    activation map of every class is the brightness)."""
 
-    def __init__(self, grid: int = 7):
+    def __init__(self, channels: int, num_classes: int, grid: int = 7):
         super().__init__()
         self.pool = nn.AdaptiveAvgPool2d(grid)
+        self.head = nn.Linear(channels, num_classes)
+        nn.init.ones_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward_features(self, images: Tensor) -> Tensor:
+        return self.pool(images)
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
 
     def forward(self, images: Tensor) -> Tensor:
-        return self.pool(images)  # (n, C, grid, grid): a bright cell gets a high attention score
+        return self.head(self.forward_features(images).mean(dim=(2, 3)))
 
 
-def takes_extractor(name: str) -> bool:
-    """Whether mixer ``name`` is built with a feature extractor (Attentive CutMix)."""
-    return "extractor" in inspect.signature(openmix.get_mixer_entry(name).cls.__init__).parameters
-
-
-def build_mixer(name: str, mode: str | None) -> nn.Module:
-    """The registered mixer with its paper defaults and ``mode`` (``None``: the mixer's own default); an extractor
-    is supplied where one is needed."""
-    entry = openmix.get_mixer_entry(name)
-    kwargs: dict[str, object] = {} if mode is None else {"mode": mode}
-    if takes_extractor(name):
-        kwargs["extractor"] = BrightnessFeatures(entry.defaults.get("grid", 7))
-    return openmix.create_mixer(name, **kwargs)
+def needs_network(name: str) -> bool:
+    """Whether mixer ``name`` needs something a network computes (its class's ``requires``)."""
+    return bool(openmix.get_mixer_entry(name).requires)
 
 
 def mix_with(name: str, images: Tensor, labels: Tensor, mode: str | None, seed: int) -> openmix.MixOutput:
-    """One call of mixer ``name`` on the batch, with a generator seeded by ``seed`` (same picture every run)."""
-    mixer = build_mixer(name, mode)
-    context = {"model": BrightnessFeatures()} if "model" in getattr(mixer, "requires", ()) else {}
+    """One call of mixer ``name`` (paper defaults, ``mode`` unless ``None``) on the batch, with a generator seeded
+    by ``seed`` (same picture every run) and its needs computed with :class:`BrightnessNetwork`."""
+    mixer = openmix.create_mixer(name, **({} if mode is None else {"mode": mode}))
+    num_classes = int(labels.max()) + 1 if labels.dim() == 1 else labels.shape[1]
+    network = BrightnessNetwork(images.shape[1], max(num_classes, 10), getattr(mixer, "grid", 7))
     generator = torch.Generator().manual_seed(seed)
-    return mixer(images, labels, generator=generator, **context)
+    return mixer(images, labels, generator=generator, **mixer_inputs(mixer, network, images, labels))
 
 
 def class_name(class_names: Sequence[str] | None, label: Tensor) -> str:
@@ -123,7 +129,7 @@ def render_grid(
     caption = f"mode={shown_mode}, seed={seed}; title: lam (share of the sample itself), own / partner class"
     if outline:
         caption += "; red: edge of the partner's region"
-    if any(takes_extractor(name) for name in mixer_names):
-        caption += "\n" + ATTENTION_NOTE
+    if any(needs_network(name) for name in mixer_names):
+        caption += "\n" + NETWORK_NOTE
     fig.supxlabel(caption, fontsize=8)
     return fig

@@ -4,32 +4,59 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import openmix
-from openmix.mixers.resizemix import ResizeMix
+from openmix.lightning.services import mixer_inputs
 
 
 class TinyExtractor(nn.Module):
-    """A small fixed feature extractor for mixers that need a network (any channel count)."""
+    """A small fixed stand-in network for mixers that need one (any channel count): a conv as ``forward_features``
+    and a linear classifier after global average pooling, so saliency and class activation maps exist too."""
 
-    def __init__(self) -> None:
+    def __init__(self, num_classes: int = 10) -> None:
         super().__init__()
         generator = torch.Generator().manual_seed(0)
         self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.head = nn.Linear(4, num_classes)
         with torch.no_grad():
             self.conv.weight.copy_(torch.randn(self.conv.weight.shape, generator=generator))
+            self.head.weight.copy_(torch.randn(self.head.weight.shape, generator=generator))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x.float().mean(dim=1, keepdim=True))
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x.mean(dim=1, keepdim=True))
+        return self.head(self.forward_features(x).mean(dim=(2, 3)))
+
+
+class WithNeeds(nn.Module):
+    """A mixer called with what it needs, computed by the trainer's own function (``mixer_inputs``) from
+    :class:`TinyExtractor` on the batch; attributes are the mixer's."""
+
+    def __init__(self, mixer: nn.Module):
+        super().__init__()
+        self.mixer = mixer
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(super().__getattr__("mixer"), name)
+
+    def forward(self, x, y, generator=None, lam=None, **context):
+        classes = 10 if y.dim() == 1 else y.shape[1]
+        needs = mixer_inputs(self.mixer, TinyExtractor(max(classes, 10)).to(x.device), x, y) if x.dim() == 4 else {}
+        return self.mixer(x, y, generator=generator, lam=lam, **{**needs, **context})
 
 
 def build_mixer(name: str, **kwargs) -> nn.Module:
-    """``create_mixer`` with a tiny extractor for mixers whose registry entry says they need a network."""
-    if openmix.get_mixer_entry(name).needs_network:
-        kwargs.setdefault("extractor", TinyExtractor())
-    return openmix.create_mixer(name, **kwargs)
+    """``create_mixer``, called with what the mixer needs (see :class:`WithNeeds`) when it needs anything."""
+    mixer = openmix.create_mixer(name, **kwargs)
+    return WithNeeds(mixer) if mixer.requires else mixer
 
 
 def box_of(mask_row: torch.Tensor) -> tuple[int, int, int, int] | None:
@@ -40,24 +67,10 @@ def box_of(mask_row: torch.Tensor) -> tuple[int, int, int, int] | None:
     return int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1
 
 
-def partner_pixels(mixer: nn.Module, x: torch.Tensor, out: openmix.MixOutput) -> torch.Tensor:
-    """What the (1 - mask) part of ``out.x`` must hold, computed independently of the mixer's code.
-
-    For every method it is the partner ``x[index]``, except ResizeMix, which pastes the partner resized to the box:
-    here each box is read back from the mask and filled with ``F.interpolate(nearest)`` one sample at a time.
-    """
-    partners = x[out.index].float()
-    if not isinstance(mixer, ResizeMix):
-        return partners
-    for i in range(x.shape[0]):
-        mask_row = out.mask[i if out.mask.shape[0] > 1 else 0, 0]
-        box = box_of(mask_row)
-        if box is None:
-            continue
-        top, bottom, left, right = box
-        resized = F.interpolate(x[out.index[i]][None].float(), size=(bottom - top, right - left), mode="nearest")
-        partners[i, :, top:bottom, left:right] = resized[0]
-    return partners
+def partner_pixels(mixer: nn.Module, x: torch.Tensor, out: openmix.MixOutput) -> torch.Tensor | None:
+    """What the (1 - mask) part of ``out.x`` must hold: the partner ``x[index]``, or ``None`` for mixers that move
+    the partner's content first (``moves_partner``: resized, cropped or aligned; their own tests check it)."""
+    return None if getattr(mixer, "moves_partner", False) else x[out.index].float()
 
 
 @pytest.fixture

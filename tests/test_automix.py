@@ -128,7 +128,7 @@ def test_mix_block_has_its_own_learning_rate():
 @pytest.mark.skipif(not (FMNIST / "train-images-idx3-ubyte.gz").is_file(), reason="Fashion-MNIST not installed")
 def test_mask_mean_tracks_lambda_on_fashion_mnist():
     """After a few dozen steps the block's masks keep their mean within the margin of the drawn lambda."""
-    from openmix.lightning.data import FashionMNISTData
+    from openmix.data import FashionMNISTData
 
     model = tiny_automix(num_classes=10, mix_block_lr=1.0, mask_loss_weight=1.0, mixer_kwargs={"mode": "elem"})
     gaps = []

@@ -51,8 +51,8 @@ def test_every_config_file_instantiates(config, tmp_path):
     if "trainer" in config.parts:  # accelerators this machine may lack: check the keys, not the hardware
         args += ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strategy=auto"]
     built = run_lightning(args, run=False)
+    from openmix.data import ClassificationData
     from openmix.lightning import MixClassifier
-    from openmix.lightning.data import ClassificationData
 
     assert isinstance(built.model, MixClassifier) and isinstance(built.datamodule, ClassificationData)
     assert built.model.hparams.num_classes == built.datamodule.num_classes
@@ -67,7 +67,7 @@ def test_print_config_shows_the_defaults():
     printed = yaml.safe_load(cli("fit", "--print_config").stdout)
     assert printed["model"]["class_path"] == "openmix.lightning.MixClassifier"
     assert printed["model"]["init_args"]["optimizer"]["class_path"] == "openmix.lightning.SGD"
-    assert printed["data"]["class_path"] == "openmix.lightning.data.FashionMNISTData"
+    assert printed["data"]["class_path"] == "openmix.data.FashionMNISTData"
     assert printed["checkpoint"]["save_last"] is True
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 import pickle
 import struct
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,7 +20,7 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from openmix.lightning.data import (
+from openmix.data import (
     ArrayImageDataset,
     CIFAR10Data,
     CIFAR100Data,
@@ -501,3 +503,29 @@ def test_real_fashion_mnist() -> None:
     data = FashionMNISTData(limit_train=100, limit_val=10)
     data.setup("fit")
     assert int(train_labels[0]) == 9 and data.classes[9] == "Ankle boot"
+
+
+# ------------------------------------------------------------------------------------------------ the package layout
+def test_the_old_module_path_names_the_same_classes() -> None:
+    """Saved run configs of earlier versions name ``openmix.lightning.data.<Class>`` as their class_path."""
+    import openmix.data
+    import openmix.lightning.data
+
+    assert openmix.lightning.data.FashionMNISTData is openmix.data.FashionMNISTData
+    assert openmix.lightning.data.DataFileError is openmix.data.DataFileError
+
+
+def test_the_readers_load_without_lightning() -> None:
+    code = "import openmix.data.readers, sys; assert 'lightning' not in sys.modules and 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_run_saved_with_the_old_module_path_compares_equal() -> None:
+    """``openmix bench`` and ``fit --ckpt_path last`` compare a run folder's saved config with the new one."""
+    from openmix.bench.runner import current_class_paths
+
+    saved = {"data": {"class_path": "openmix.lightning.data.CIFAR10Data", "init_args": {"root": "x"}}, "seed": 1}
+    assert current_class_paths(saved) == {
+        "data": {"class_path": "openmix.data.CIFAR10Data", "init_args": {"root": "x"}},
+        "seed": 1,
+    }

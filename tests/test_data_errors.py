@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from openmix.lightning.data import (
+from openmix.data import (
     ArrayImageDataset,
     CIFAR10Data,
     CIFAR100Data,

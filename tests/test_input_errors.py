@@ -115,7 +115,7 @@ def test_numpy_scalars_work_like_python_numbers_for_alpha(name, alpha):
     out = mixer(X, Y, generator=torch.Generator().manual_seed(3))
     expected = reference(X, Y, generator=torch.Generator().manual_seed(3))
     if name == "automix":  # the Mix Block's weights are drawn when it is built: compare the mixing draws only
-        torch.testing.assert_close(out.label_lam, expected.label_lam)
+        torch.testing.assert_close(out.target_lam, expected.target_lam)
         return
     torch.testing.assert_close(out.x, expected.x)
     torch.testing.assert_close(out.lam, expected.lam)

@@ -23,7 +23,7 @@ from torchvision.transforms import v2
 import openmix
 from openmix import losses
 from openmix.cli import run_lightning
-from openmix.lightning.data import (
+from openmix.data import (
     PADDING_MODES,
     ArrayImageDataset,
     CIFAR10Data,

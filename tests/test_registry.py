@@ -1,4 +1,4 @@
-"""The registry is the one source of truth: names, papers, defaults, network needs."""
+"""The registry is the one source of truth: names, papers, defaults, and the capabilities the classes declare."""
 
 from __future__ import annotations
 
@@ -28,7 +28,8 @@ def test_entries_carry_paper_link_and_valid_defaults(name):
     assert entry.name == name and entry.paper and entry.url.startswith("https://")
     parameters = inspect.signature(entry.cls.__init__).parameters
     assert set(entry.defaults) <= set(parameters)
-    assert isinstance(entry.needs_network, bool)
+    assert entry.hooks and set(entry.hooks) <= set(openmix.mixers.HOOKS)
+    assert set(entry.requires) <= set(openmix.mixers.NEEDS)
     assert entry.cls.registry_name == name
 
 
@@ -44,8 +45,8 @@ def test_defaults_are_the_papers():
     assert openmix.get_mixer_entry("resizemix").defaults["scope"] == (0.1, 0.8)
     attentive = openmix.get_mixer_entry("attentivemix").defaults
     assert (attentive["grid"], attentive["top_k"]) == (7, 6)
-    assert openmix.get_mixer_entry("attentivemix").needs_network
-    assert not openmix.get_mixer_entry("cutmix").needs_network
+    assert openmix.get_mixer_entry("attentivemix").requires == ("model",)
+    assert openmix.get_mixer_entry("cutmix").requires == () and openmix.get_mixer_entry("cutmix").hooks == ("inputs",)
 
 
 @pytest.mark.parametrize("name", openmix.list_mixers())
@@ -55,7 +56,7 @@ def test_registry_defaults_are_the_signature(name):
     parameters = inspect.signature(entry.cls.__init__).parameters
     expected = {key: p.default for key, p in parameters.items() if p.default is not inspect.Parameter.empty}
     assert entry.defaults == expected
-    assert entry.needs_network == bool(getattr(entry.cls, "needs_network", False))
+    assert (entry.hooks, entry.requires, entry.learned) == (entry.cls.hooks, entry.cls.requires, entry.cls.learned)
 
 
 def _description(module: nn.Module) -> tuple:
@@ -68,8 +69,8 @@ def _description(module: nn.Module) -> tuple:
 @pytest.mark.parametrize("arguments", [{}, {"mode": "elem"}], ids=["defaults", "elem"])
 def test_create_mixer_builds_what_the_constructor_builds(name, arguments):
     entry = openmix.get_mixer_entry(name)
-    if entry.needs_network:
-        arguments = {**arguments, "extractor": nn.Identity()} if "extractor" in entry.defaults else arguments
+    if "extractor" in entry.defaults:
+        arguments = {**arguments, "extractor": nn.Identity()}
     assert _description(openmix.create_mixer(name, **arguments)) == _description(entry.cls(**arguments))
 
 
@@ -92,13 +93,27 @@ def test_duplicate_registration_raises():
     with pytest.raises(ValueError, match="already registered"):
 
         @openmix.register_mixer("mixup", paper="x", url="https://example.org")
-        class Again(nn.Module):
+        class Again(openmix.Mixer):
             pass
+
+
+def test_only_mixers_with_capabilities_from_the_vocabulary_register():
+    with pytest.raises(TypeError, match="subclasses of openmix.Mixer"):
+        openmix.register_mixer("plainmodule", paper="x", url="https://example.org")(nn.Identity)
+    with pytest.raises(ValueError, match=r"Pixels.hooks must be a non-empty tuple from \('inputs'"):
+
+        class Pixels(openmix.Mixer):
+            hooks = ("pixels",)
+
+    with pytest.raises(ValueError, match=r"Needy.requires must be a tuple from \('model'"):
+
+        class Needy(openmix.Mixer):
+            requires = ("gradients",)
 
 
 def test_registering_a_new_mixer_makes_it_available():
     @openmix.register_mixer("identitytest", paper="none", url="https://example.org")
-    class Identity(openmix.Mixer):
+    class Identity(openmix.PairMixer):
         def mix(self, x, index, lam, generator):
             lam = torch.ones(x.shape[0], dtype=torch.float64)
             return x, lam, None

@@ -213,7 +213,7 @@ def test_automix_block_loss_follows_the_sampled_lambda(use_classifier):
             out = mixer(x, y, lam=lam)
             loss = openmix.losses.SoftTargetCrossEntropy()(classifier(out.x), out)
             value = mixer.value
-        torch.testing.assert_close(out.label_lam, torch.full((2,), lam))  # labels: the sampled lambda
+        torch.testing.assert_close(out.target_lam, torch.full((2,), lam))  # labels: the sampled lambda
         torch.testing.assert_close(out.lam, out.mask.mean(dim=(1, 2, 3)))  # contract lam: the mask's mean
         (gradient,) = torch.autograd.grad(loss, value.bias)
         signs.append(torch.sign(gradient).item())

@@ -49,6 +49,7 @@ from torch import Tensor, nn
 from torchvision.transforms import v2
 
 import openmix
+from openmix.lightning.services import mixer_inputs
 
 MODES = ("batch", "elem")
 NUM_CLASSES = 1000
@@ -144,13 +145,24 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def tiny_extractor() -> nn.Module:
-    """A 3 -> 8 channel 3x3 conv with stride 8: the feature network of attentivemix and automix in this benchmark."""
-    return nn.Conv2d(3, 8, kernel_size=3, stride=8)
+class TinyNetwork(nn.Module):
+    """The stand-in training network of this benchmark, for mixers that need one: a 3 -> 8 channel 3x3 conv with
+    stride 8 as ``forward_features`` and a linear classifier after global average pooling (so class activation maps
+    and saliency exist too). Needs are handed over by ``mixer_inputs``, as in training."""
 
+    def __init__(self, num_classes: int = NUM_CLASSES):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, kernel_size=3, stride=8)
+        self.head = nn.Linear(8, num_classes)
 
-# mixer-specific constructor arguments (factories, so that every instance gets its own module)
-MIXER_KWARGS: dict[str, Callable[[], dict[str, Any]]] = {"attentivemix": lambda: {"extractor": tiny_extractor()}}
+    def forward_features(self, x: Tensor) -> Tensor:
+        return self.conv(x)
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.forward_features(x).mean(dim=(2, 3)))
 
 
 def make_batch(shape: tuple[int, int, int, int], device: torch.device, seed: int) -> Batch:
@@ -175,13 +187,13 @@ def openmix_case(name: str, mode: str, inplace: bool, batch: Batch, seed: int) -
     """One openmix mixer as a case, or None (reason recorded) when it cannot be built with these arguments."""
     device = batch.work.device
     try:
-        mixer = openmix.create_mixer(name, mode=mode, inplace=inplace, **MIXER_KWARGS.get(name, dict)())
+        mixer = openmix.create_mixer(name, mode=mode, inplace=inplace)
     except (TypeError, ValueError) as error:
         batch.skipped.append(f"{name} {mode} inplace={inplace}: {error}")
         return None
     mixer = mixer.to(device)
-    # a mixer that needs the training network at call time gets the tiny conv as that network
-    context = {"model": tiny_extractor().to(device)} if "model" in getattr(mixer, "requires", ()) else {}
+    # what a mixer needs (the network, its saliency, CAMs) comes from the stand-in network, computed once per case
+    context = mixer_inputs(mixer, TinyNetwork().to(device), batch.work, batch.labels)
     generator = torch.Generator().manual_seed(seed)  # CPU: mixers draw lambdas, boxes and pairs on the CPU
 
     def run() -> Any:

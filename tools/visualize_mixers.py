@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import openmix
-from openmix.lightning.data import FASHION_MNIST_CLASSES, load_fashion_mnist
+from openmix.data.readers import FASHION_MNIST_CLASSES, load_fashion_mnist
 from openmix.viz import render_grid
 
 matplotlib.use("Agg")  # files only, no display needed
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     images = upsample(images, args.size, args.interpolation)
     # learned mixers (AutoMix) draw nothing meaningful untrained: they are left out unless named
     names = args.mixers or [
-        n for n in openmix.list_mixers() if not getattr(openmix.get_mixer_entry(n).cls, "trained_by", None)
+        n for n in openmix.list_mixers() if not openmix.get_mixer_entry(n).learned
     ]
     args.out_dir.mkdir(parents=True, exist_ok=True)
     options = {

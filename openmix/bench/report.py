@@ -26,6 +26,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from openmix.bench.run_folder import (
+    ENVIRONMENT_FILE,
+    RUN_JSON,
+    metrics_files,
+    read_record,  # noqa: F401 (re-exported: the runner read run.json through this module)
+    read_run_json,
+    run_json_path,
+)
+
 
 @dataclass
 class RunResult:
@@ -64,11 +73,7 @@ def _float(text: str) -> float | None:
 RUN_KEYS = ("train/images_per_sec", "train/wall_time_s", "train/peak_rss_mb")  # per-epoch training statistics
 
 
-def metric_logs(directory: Path) -> list[Path]:
-    """A run's CSV logs in order: ``metrics.csv``, after the ``metrics.before-N.csv`` segments that runners before
-    the continuous :class:`~openmix.lightning.loggers.RunLogger` left behind."""
-    before = sorted(directory.glob("metrics.before-*.csv"), key=lambda p: int(p.stem.rsplit("-", 1)[1]))
-    return [*before, *([directory / "metrics.csv"] if (directory / "metrics.csv").is_file() else [])]
+metric_logs = metrics_files  # a run's CSV logs in order (the name this module gave them)
 
 
 def read_metrics(*paths: Path) -> tuple[list[int], dict[str, list[float]]]:
@@ -93,27 +98,16 @@ def read_metrics(*paths: Path) -> tuple[list[int], dict[str, list[float]]]:
     return epochs, {key: [per_epoch[e][key] for e in epochs if key in per_epoch[e]] for key in keys}
 
 
-def read_record(path: Path) -> dict[str, Any]:
-    """A ``run.json``; a truncated or corrupt one raises ``ValueError`` naming the file."""
-    try:
-        record = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path} is not valid JSON ({error}); delete it to run that run again") from None
-    if not isinstance(record, dict):
-        raise ValueError(f"{path} does not hold a run record (a JSON object)")
-    return record
-
-
 def load_runs(runs_dir: str | Path, directories: list[Path] | None = None) -> list[RunResult]:
     """Every finished run (``run.json`` with status ``done``) under ``runs_dir``, at any depth, or only those of
     ``directories`` when given (a grid's runs)."""
     results = []
-    paths = sorted(Path(runs_dir).rglob("run.json")) if directories is None else [d / "run.json" for d in directories]
+    paths = sorted(Path(runs_dir).rglob(RUN_JSON)) if directories is None else [run_json_path(d) for d in directories]
     for record_path in paths:
         if not record_path.is_file():
             continue
         record = read_record(record_path)
-        logs = metric_logs(record_path.parent)
+        logs = metrics_files(record_path.parent)
         if record.get("status") != "done" or not logs:
             continue
         epochs, curves = read_metrics(*logs)
@@ -295,8 +289,9 @@ def missing_runs(directories: list[Path]) -> list[str]:
     """``name (status: reason)`` for each run of a grid that has no finished result."""
     missing = []
     for directory in directories:
-        record_path = directory / "run.json"
-        record = read_record(record_path) if record_path.is_file() else {"status": "not run"}
+        record = read_run_json(directory)
+        if record is None:
+            record = {"status": "not run"}
         if record.get("status") != "done":
             reason = f": {record['reason']}" if record.get("reason") else ""
             missing.append(f"{directory.name} ({record.get('status', '?')}{reason})")
@@ -326,7 +321,7 @@ def report(
         texts = []
         for grid in grids:  # each grid folder gets its own report, in itself or under out_dir at the same path
             folder = Path(grid)
-            members = sorted(record.parent for record in folder.glob("*/run.json"))
+            members = sorted(record.parent for record in folder.glob(f"*/{RUN_JSON}"))
             target = Path(out_dir) / folder.relative_to(runs_dir) if out_dir is not None else folder
             name = _grid_name(folder)
             texts.append(f"## grid {name} ({folder})\n\n" + report(folder, target, last, baseline, members))
@@ -338,7 +333,7 @@ def report(
     missing = missing_runs(directories) if directories is not None else []
     if missing:
         table += "\nNot in the table (no finished result): " + "; ".join(missing) + ".\n"
-    environment_file = Path(runs_dir) / "environment.json"
+    environment_file = Path(runs_dir) / ENVIRONMENT_FILE
     if environment_file.is_file():  # written by `openmix bench`: how the table was made
         env = json.loads(environment_file.read_text())
         table += (
@@ -354,7 +349,7 @@ def report(
 
 def _grid_name(folder: Path) -> str:
     """The grid's name as its runs recorded it (``run.json``'s ``grid``), else its folder's name."""
-    for record_path in sorted(folder.glob("*/run.json")):
+    for record_path in sorted(folder.glob(f"*/{RUN_JSON}")):
         name = read_record(record_path).get("grid")
         if name:
             return str(name)

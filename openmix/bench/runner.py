@@ -39,7 +39,17 @@ from typing import Any
 import yaml
 
 from openmix.bench.grid import Grid, Run
-from openmix.bench.run_folder import folder_is_locked
+from openmix.bench.run_folder import (
+    ENVIRONMENT_FILE,
+    OUTPUT_LOG,
+    checkpoints_dir,
+    config_path,
+    folder_is_locked,
+    last_checkpoint_path,
+    metrics_path,
+    read_run_json,
+    run_json_path,
+)
 
 
 def run_directory(runs_dir: str | Path, grid: Grid, run: Run) -> Path:
@@ -48,10 +58,8 @@ def run_directory(runs_dir: str | Path, grid: Grid, run: Run) -> Path:
 
 def is_done(directory: Path) -> bool:
     """Whether the run's ``run.json`` says ``done`` (a corrupt one raises ``ValueError`` naming it)."""
-    from openmix.bench.report import read_record
-
-    record = directory / "run.json"
-    return record.is_file() and read_record(record).get("status") == "done"
+    record = read_run_json(directory)
+    return record is not None and record.get("status") == "done"
 
 
 def _value(value: Any) -> str:
@@ -93,22 +101,41 @@ def command(grid: Grid, run: Run, directory: Path) -> list[str]:
     args += [
         f"--trainer.default_root_dir={directory}",
         f"--trainer.logger={json.dumps(loggers(grid, run, directory))}",
-        f"--checkpoint.dirpath={directory / 'checkpoints'}",
+        f"--checkpoint.dirpath={checkpoints_dir(directory)}",
         "--trainer.enable_progress_bar=false",
     ]
-    last = directory / "checkpoints" / "last.ckpt"
+    last = last_checkpoint_path(directory)
     if last.is_file():
         args.append(f"--ckpt_path={last}")
     return args
 
 
+# Modules whose classes moved: a class_path under the old prefix names the same class as under the new one.
+MOVED_MODULES = {"openmix.lightning.data.": "openmix.data."}
+
+
+def current_class_paths(value: Any) -> Any:
+    """``value`` with every ``class_path`` of a moved module (:data:`MOVED_MODULES`) spelled as today, so that the
+    ``config.yaml`` of a run made before the move compares equal to the same configuration written now."""
+    if isinstance(value, list):
+        return [current_class_paths(item) for item in value]
+    if not isinstance(value, dict):
+        return value
+    renamed = {key: current_class_paths(item) for key, item in value.items()}
+    class_path = renamed.get("class_path")
+    for old, new in MOVED_MODULES.items():
+        if isinstance(class_path, str) and class_path.startswith(old):
+            renamed["class_path"] = new + class_path.removeprefix(old)
+    return renamed
+
+
 def resolved_config_file(path: Path) -> dict[str, Any]:
     """The resolved configuration of a saved ``config.yaml``, as :func:`~openmix.lightning.cli.resolve_config`
-    gives it (``fit``'s own options and the location keys left out). A file that no longer parses raises
-    ``ValueError`` naming it."""
+    gives it (``fit``'s own options and the location keys left out; class paths of moved modules spelled as today,
+    see :func:`current_class_paths`). A file that no longer parses raises ``ValueError`` naming it."""
     from openmix.lightning.cli import resolve_config, without_location_keys
 
-    data = yaml.safe_load(path.read_text()) or {}
+    data = current_class_paths(yaml.safe_load(path.read_text()) or {})
     data = {key: value for key, value in data.items() if key in _fit_keys()}  # not the subcommand's own options
     without_location_keys(data)  # where it wrote is not part of what it trained
     copy = path.with_name(f".{path.stem}-to-compare.yaml")
@@ -124,7 +151,7 @@ def resolved_config_file(path: Path) -> dict[str, Any]:
 def saved_config(directory: Path) -> dict[str, Any] | None:
     """The resolved configuration a run folder was made with (from the ``config.yaml`` LightningCLI saved), or
     ``None`` when the run never got that far."""
-    saved = directory / "config.yaml"
+    saved = config_path(directory)
     return resolved_config_file(saved) if saved.is_file() else None
 
 
@@ -186,7 +213,7 @@ def check_runs(grid: Grid, runs: list[Run], directories: list[Path]) -> list[str
 
 def failure_reason(directory: Path) -> str:
     """The line of a failed run's ``output.log`` that says why (the last error line, else the last line)."""
-    log = directory / "output.log"
+    log = directory / OUTPUT_LOG
     if not log.is_file():
         return "no output.log"
     lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
@@ -196,7 +223,7 @@ def failure_reason(directory: Path) -> str:
 
 def progress(directory: Path) -> tuple[int, float] | None:
     """(epochs finished, last val/top1) of a run from its ``metrics.csv``, ``None`` before its first epoch."""
-    log = directory / "metrics.csv"
+    log = metrics_path(directory)
     if not log.is_file():
         return None
     try:
@@ -219,12 +246,9 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
 
 def previous_segments(directory: Path) -> list[dict[str, Any]]:
     """The processes a run's ``run.json`` recorded before this one (empty for a new run)."""
-    from openmix.bench.report import read_record
-
-    record = directory / "run.json"
-    if not record.is_file():
+    data = read_run_json(directory)
+    if data is None:
         return []
-    data = read_record(record)
     if "segments" in data:
         return list(data["segments"])
     keys = ("returncode", "wall_time_s", "peak_rss_mb")
@@ -240,7 +264,7 @@ def execute(grid: Grid, run: Run, directory: Path, threads: int) -> dict[str, An
     segments = previous_segments(directory)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
     start = time.perf_counter()
-    with open(directory / "output.log", "a") as log:
+    with open(directory / OUTPUT_LOG, "a") as log:
         process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent)
         _, status, usage = os.wait4(process.pid, 0)  # the child's own resource usage
         process.returncode = os.waitstatus_to_exitcode(status)
@@ -265,7 +289,7 @@ def execute(grid: Grid, run: Run, directory: Path, threads: int) -> dict[str, An
     }
     if process.returncode != 0:
         record["reason"] = failure_reason(directory)
-    (directory / "run.json").write_text(json.dumps(record, indent=2))
+    run_json_path(directory).write_text(json.dumps(record, indent=2))
     return record
 
 
@@ -367,7 +391,7 @@ def run_grid(
         grid_dir = Path(runs_dir) / grid.name
         grid_dir.mkdir(parents=True, exist_ok=True)
         write_grid_copy(grid, grid_dir)
-        (grid_dir / "environment.json").write_text(json.dumps(environment(parallel), indent=2))
+        (grid_dir / ENVIRONMENT_FILE).write_text(json.dumps(environment(parallel), indent=2))
     pending = [(run, d) for run, d in zip(runs, directories) if not is_done(d)]
     print(f"grid {grid.name}: {len(runs)} runs, {len(runs) - len(pending)} already done, {len(pending)} to run")
     if dry_run:
@@ -393,7 +417,7 @@ def run_grid(
             if "wall_time_s" in record:
                 line += f" in {record['segments'][-1]['wall_time_s']:.0f} s"
             if status != "done":
-                line += f": {record.get('reason', '?')}\n    see {directory / 'output.log'}"
+                line += f": {record.get('reason', '?')}\n    see {directory / OUTPUT_LOG}"
             print(line, flush=True)
         return record
 

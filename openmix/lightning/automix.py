@@ -7,7 +7,7 @@ Each training step draws two (lambda, permutation) pairs from the Mix Block:
 2. the *online* pair trains the online network on the mixed batch with the mask detached, plus the objective on
    the clean batch; draws within ``lam_margin`` of 0 or 1 fall back to plain mixup (the Mix Block does that itself).
 
-Both mixed losses label the mix with the *sampled* lambda (``MixOutput.label_lam``), as the paper and the authors'
+Both mixed losses label the mix with the *sampled* lambda (``MixOutput.label_weights``), as the paper and the authors'
 code do; the mask's mean (the output's ``lam``) is pulled towards it by the mask loss. A batch skipped by
 ``mix_prob`` (or after ``mix_off_epoch``) is a plain step on the clean batch: nothing trains the Mix Block then.
 
@@ -24,7 +24,7 @@ from dataclasses import replace
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from openmix.lightning.module import MixClassifier
 from openmix.mixers import MixOutput
@@ -123,8 +123,8 @@ class AutoMixClassifier(MixClassifier):
     def needs_clean_batch(self) -> bool:
         return True  # two draws from the same batch, and the clean loss
 
-    def mixer_context(self) -> dict[str, Any]:
-        return {"model": self.ema_network}  # the Mix Block reads the momentum network's features
+    def momentum_network(self) -> nn.Module | None:
+        return getattr(self, "ema_network", None)  # the Mix Block reads the momentum network's features
 
     def batch_features(self, x: Tensor) -> Tensor:
         """The momentum network's features of the batch, computed once per step for both draws."""

@@ -1,5 +1,5 @@
 """The Lightning side of the ``openmix`` command: LightningCLI over :class:`~openmix.lightning.MixClassifier` and
-any :class:`~openmix.lightning.data.ClassificationData`, with openmix's defaults and run-folder rules.
+any :class:`~openmix.data.ClassificationData`, with openmix's defaults and run-folder rules.
 
 Kept apart from :mod:`openmix.cli` so that the verbs that do not train (``list``, ``report``, ``--help``) start
 without importing Lightning.
@@ -24,8 +24,8 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
+from openmix.data import ClassificationData
 from openmix.lightning.callbacks import RunCheckpoint
-from openmix.lightning.data import ClassificationData
 from openmix.lightning.loggers import RunLogger, latest_version
 from openmix.lightning.module import MixClassifier
 
@@ -77,7 +77,7 @@ class OpenmixCLI(LightningCLI):
                 "checkpoint.mode": "max",
                 "checkpoint.save_last": True,
                 "checkpoint.filename": "best-{epoch}",
-                "data": {"class_path": "openmix.lightning.data.FashionMNISTData"},
+                "data": {"class_path": "openmix.data.FashionMNISTData"},
                 "model": {"class_path": "openmix.lightning.MixClassifier"},
             }
         )

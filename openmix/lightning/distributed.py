@@ -58,5 +58,7 @@ def mix_across_ranks(
     start = sum(sizes[:rank])
     mine = slice(start, start + x.shape[0])
     mask = out.mask if out.mask is None or out.mask.shape[0] == 1 else out.mask[mine]
-    label_lam = None if out.label_lam is None else out.label_lam[mine]
-    return MixOutput(out.x[mine], out.index[mine], out.lam[mine], out.y_a[mine], out.y_b[mine], mask, label_lam)
+    if out.indices is not None:
+        raise ValueError(f"{type(mixer).__name__} mixes k > 2 sources, which pairing_scope 'global' does not support")
+    label_weights = None if out.label_weights is None else out.label_weights[mine]
+    return MixOutput(out.x[mine], out.index[mine], out.lam[mine], out.y_a[mine], out.y_b[mine], mask, label_weights)

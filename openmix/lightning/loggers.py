@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import csv
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +30,13 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from openmix.bench.run_folder import folder_is_locked, lock_folder  # noqa: F401 (folder_is_locked: re-exported)
-
-METRICS_FILE = "metrics.csv"
+from openmix.bench.run_folder import (  # noqa: F401 (folder_is_locked, METRICS_FILE: re-exported)
+    METRICS_FILE,
+    VERSION_PATTERN,
+    folder_is_locked,
+    lock_folder,
+    version_folder,
+)
 
 
 def read_rows(path: str | Path) -> tuple[list[str], list[dict[str, str]]]:
@@ -144,7 +147,7 @@ def latest_version(root: str | os.PathLike, containing: str | None = None) -> in
     ``None`` when there are none."""
     if not os.path.isdir(root):
         return None
-    numbers = [int(m.group(1)) for entry in os.listdir(root) if (m := re.fullmatch(r"version_(\d+)", entry))]
+    numbers = [int(m.group(1)) for entry in os.listdir(root) if (m := VERSION_PATTERN.fullmatch(entry))]
     if containing is not None:
-        numbers = [n for n in numbers if os.path.isfile(os.path.join(root, f"version_{n}", containing))]
+        numbers = [n for n in numbers if os.path.isfile(os.path.join(version_folder(root, n), containing))]
     return max(numbers) if numbers else None

@@ -1,13 +1,18 @@
 """MixClassifier: a timm backbone trained with any openmix mixer and objective, as a LightningModule.
 
 Every component is a typed ``__init__`` argument, so LightningCLI builds a checked YAML config for it, prints the
-defaults with ``--print_config`` and saves the resolved config of each run. The mixer is built from the registry
-by name; what a mixer needs at call time (``mixer.requires``) is handed over from :meth:`MixClassifier.mixer_context`,
-so no code here depends on which method is used.
+defaults with ``--print_config`` and saves the resolved config of each run. The mixer and the objective are typed
+components (``mixer: {class_path: openmix.mixers.CutMix, init_args: {alpha: 1.0}}``) or registered short names.
+
+The training step is a short recipe over the four hook points of the mixing protocol (DESIGN.md): ``inputs``
+(mix the images), ``features`` (mix a hidden state at the stage the mixer draws), ``targets`` (re-weight the labels
+from what the network saw) and ``loss`` (a learned mixer's own loss). What a mixer needs (``mixer.requires``) comes
+from :class:`~openmix.lightning.services.StepServices`, so no code here depends on which method is used.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import resource
 import sys
@@ -28,7 +33,15 @@ from openmix import losses
 from openmix.lightning.data import check_seed
 from openmix.lightning.distributed import PAIRING_SCOPES, mix_across_ranks
 from openmix.lightning.optim import SGD, WarmupCosineLR
-from openmix.mixers import MixOutput, create_mixer
+from openmix.lightning.services import (
+    AFTER_FORWARD,
+    AttentionRecorder,
+    StepServices,
+    check_services,
+    check_stages,
+    stage_hook,
+)
+from openmix.mixers import Mixer, MixOutput, create_mixer
 
 OBJECTIVES = {
     "ce": losses.SoftTargetCrossEntropy,
@@ -36,6 +49,45 @@ OBJECTIVES = {
     "regmixup": losses.RegMixupLoss,
     "decoupled": losses.DecoupledMixupLoss,
 }
+
+
+def build_mixer(mixer: Mixer | str | None, mixer_kwargs: dict[str, Any] | None = None) -> Mixer | None:
+    """The mixer component: a built :class:`~openmix.Mixer`, a registered name built with ``mixer_kwargs`` (the
+    short form), or ``None``. ``mixer_kwargs`` with a built mixer is refused (its arguments are its own)."""
+    if mixer is None:
+        if mixer_kwargs:
+            raise ValueError(f"mixer_kwargs {sorted(mixer_kwargs)} given without a mixer")
+        return None
+    if isinstance(mixer, str):
+        return create_mixer(mixer, **(mixer_kwargs or {}))
+    if not isinstance(mixer, Mixer):
+        raise TypeError(f"mixer must be an openmix Mixer, a registered mixer name or None, got {type(mixer).__name__}")
+    if mixer_kwargs:
+        raise ValueError(
+            f"mixer_kwargs {sorted(mixer_kwargs)} given with a built {type(mixer).__name__}: put its arguments in "
+            "its init_args"
+        )
+    return mixer
+
+
+def build_objective(
+    objective: losses.Objective | str, objective_kwargs: dict[str, Any] | None, smoothing: float
+) -> losses.Objective:
+    """The objective component: a built :class:`~openmix.losses.Objective`, or a short name (``OBJECTIVES``) built
+    with ``objective_kwargs`` and ``smoothing``."""
+    if isinstance(objective, str):
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {sorted(OBJECTIVES)} or an Objective, got {objective!r}")
+        return OBJECTIVES[objective](smoothing=smoothing, **(objective_kwargs or {}))
+    if not isinstance(objective, losses.Objective):
+        raise TypeError(f"objective must be an openmix.losses.Objective or a name, got {type(objective).__name__}")
+    if objective_kwargs:
+        raise ValueError(f"objective_kwargs {sorted(objective_kwargs)} given with a built {type(objective).__name__}")
+    if smoothing and getattr(objective, "smoothing", 0.0) != smoothing:
+        raise ValueError(
+            f"label_smoothing={smoothing} given with a built {type(objective).__name__}: set its own smoothing"
+        )
+    return objective
 
 
 def build_backbone(
@@ -76,13 +128,17 @@ class MixClassifier(L.LightningModule):
         pretrained: load timm's pretrained weights (downloads; off by default).
         cifar_stem: 3x3 stride-1 first conv and no stem max-pool, for 28-32 px inputs.
         backbone_kwargs: more keyword arguments of ``timm.create_model`` (e.g. ``channels`` of a ResNet).
-        mixer: a registered mixer name (``openmix list``), or ``None`` for no mixing.
-        mixer_kwargs: its constructor arguments (e.g. ``{alpha: 1.0}`` or ``randomchoice``'s ``mixers``).
+        mixer: the mixer: a :class:`~openmix.Mixer` (in a config ``{class_path: openmix.mixers.CutMix, init_args:
+            {alpha: 1.0}}``, checked when the config is parsed), a registered name (``openmix list``) built with its
+            paper defaults, or ``None`` for no mixing. A mixer that needs what the backbone cannot give (class
+            activation maps, class-token attention, enough feature stages) is refused here.
+        mixer_kwargs: constructor arguments for a mixer given by name (the short form; not with a built mixer).
         mix_prob: probability that a training batch is mixed.
         mix_off_epoch: from this epoch on, batches are no longer mixed (``None``: never stop).
-        objective: ``ce`` (mixed soft-target cross entropy), ``bce``, ``regmixup`` or ``decoupled``.
-        objective_kwargs: its arguments (``eta``, ``target_threshold``, ...).
-        label_smoothing: smoothing of each one-hot target before mixing.
+        objective: an :class:`~openmix.losses.Objective` (``{class_path: openmix.losses.RegMixupLoss, init_args:
+            {eta: 1.0}}``), or a name: ``ce`` (mixed soft-target cross entropy), ``bce``, ``regmixup``, ``decoupled``.
+        objective_kwargs: its arguments when given by name (``eta``, ``target_threshold``, ...).
+        label_smoothing: smoothing of each one-hot target before mixing (for an objective given by name).
         optimizer: optimizer factory (default SGD lr 0.1, momentum 0.9, weight decay 5e-4).
         scheduler: learning-rate scheduler factory, stepped every step (default warm-up + cosine).
         channels_last: run the network in channels-last memory format.
@@ -102,11 +158,11 @@ class MixClassifier(L.LightningModule):
         pretrained: bool = False,
         cifar_stem: bool = False,
         backbone_kwargs: dict[str, Any] | None = None,
-        mixer: str | None = "mixup",
+        mixer: Mixer | str | None = "mixup",
         mixer_kwargs: dict[str, Any] | None = None,
         mix_prob: float = 1.0,
         mix_off_epoch: int | None = None,
-        objective: str = "ce",
+        objective: losses.Objective | str = "ce",
         objective_kwargs: dict[str, Any] | None = None,
         label_smoothing: float = 0.0,
         optimizer: OptimizerCallable = SGD,
@@ -116,9 +172,9 @@ class MixClassifier(L.LightningModule):
         seed: int = 0,
     ):
         super().__init__()
-        self.save_hyperparameters()
-        if objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {sorted(OBJECTIVES)}, got {objective!r}")
+        # built components are saved with the module's state; a config's class_path form stays in the hparams
+        built = [name for name, value in (("mixer", mixer), ("objective", objective)) if isinstance(value, nn.Module)]
+        self.save_hyperparameters(ignore=built)
         if not 0.0 <= mix_prob <= 1.0:
             raise ValueError(f"mix_prob must lie in [0, 1], got {mix_prob}")
         if pairing_scope not in PAIRING_SCOPES:
@@ -129,11 +185,12 @@ class MixClassifier(L.LightningModule):
         )
         if channels_last:  # weights too: a channels-last input meeting contiguous weights costs reorders
             self.network = self.network.to(memory_format=torch.channels_last)
-        self.mixer = None if mixer is None else create_mixer(mixer, **(mixer_kwargs or {}))
+        self.mixer = build_mixer(mixer, mixer_kwargs)
         trained_by = getattr(self.mixer, "trained_by", None)
         if trained_by is not None and not self.trains_learned_mixers:
             raise ValueError(f"mixer {mixer!r} is learned during training: use the model class {trained_by}")
-        self.objective = OBJECTIVES[objective](smoothing=label_smoothing, **(objective_kwargs or {}))
+        self.objective = build_objective(objective, objective_kwargs, label_smoothing)
+        self.feature_stages = self.check_mixer_needs()
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.mixing_generator = torch.Generator()
@@ -156,10 +213,33 @@ class MixClassifier(L.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.network(x)
 
-    # ----- mixing -------------------------------------------------------------------------------------------------
-    def mixer_context(self) -> dict[str, Any]:
-        """What a mixer may ask for at call time, by name (a mixer's ``requires`` selects from it)."""
-        return {"model": self.network}
+    # ----- mixing: what the mixer needs, and the hook points ------------------------------------------------------
+    def check_mixer_needs(self) -> list[str]:
+        """Refuse, at construction, a mixer whose needs this module or its backbone cannot give; returns the
+        backbone's feature stages (module names) that the ``features`` hook may mix at."""
+        if self.mixer is None:
+            return []
+        owner = f"mixer {type(self.mixer).__name__}"
+        if "momentum_model" in self.mixer.requires and self.momentum_network() is None:
+            raise ValueError(f"{owner} needs a momentum network, which {type(self).__name__} does not keep")
+        check_services(self.network, self.mixer.requires, owner)
+        if "features" not in self.mixer.hooks:
+            return []
+        if self.hparams.pairing_scope != "local":
+            raise ValueError(f"{owner} mixes hidden states, which pairing_scope 'global' does not support")
+        return check_stages(self.network, self.mixer.max_stage(), owner)
+
+    def momentum_network(self) -> nn.Module | None:
+        """The momentum copy of the network, for trainers that keep one (``momentum_model``); none here."""
+        return None
+
+    def step_services(self, x: Tensor, y: Tensor) -> StepServices:
+        """What the mixer may ask for in this step (each computed once, on demand)."""
+        return StepServices(self.network, x, y, momentum_model=self.momentum_network())
+
+    def mixer_context(self, services: StepServices) -> dict[str, Any]:
+        """The needs the mixer takes before the forward pass, from the step's services."""
+        return services.provide(self.mixer.requires, exclude=AFTER_FORWARD)
 
     def mixing_active(self) -> bool:
         off_epoch = self.hparams.mix_off_epoch
@@ -187,42 +267,102 @@ class MixClassifier(L.LightningModule):
         """Whether the step reads the clean batch after mixing it (then an in-place mixer works on a copy)."""
         return bool(self.objective.uses_clean_batch)
 
-    def mix(self, x: Tensor, y: Tensor, batch_idx: int = 0) -> MixOutput:
-        """Mix a training batch, or return it unmixed (lam = 1) when mixing is off or skipped for this batch.
+    def mix(self, x: Tensor, y: Tensor, batch_idx: int = 0, services: StepServices | None = None) -> MixOutput:
+        """Hook ``inputs``: mix a training batch, or return it unmixed (lam = 1) when mixing is off or skipped for
+        this batch.
 
         ``x`` itself is never overwritten when the step needs the clean batch afterwards, even by a mixer built with
         ``inplace=True`` (it then mixes a copy)."""
         if not self.should_mix(batch_idx):
             return MixOutput.identity(x, y)
+        return self.mix_inputs(x, y, services or self.step_services(x, y))
+
+    def mix_inputs(self, x: Tensor, y: Tensor, services: StepServices) -> MixOutput:
+        context = self.mixer_context(services)  # saliency, CAMs ...: computed on the clean batch, before mixing
         if self.needs_clean_batch and getattr(self.mixer, "inplace", False):
             x = x.clone()
-        context = {key: value for key, value in self.mixer_context().items() if key in self.mixer.requires}
         return mix_across_ranks(self.mixer, x, y, self.mixing_generator, self.hparams.pairing_scope, **context)
+
+    def forward_batches(self, x: Tensor, mixed: Tensor, with_clean: bool) -> tuple[Tensor, Tensor | None]:
+        """Logits of the mixed batch, and of the clean one when ``with_clean``: then both go through the network
+        together (RegMixup's recipe: one forward, batch norm sees both)."""
+        if not with_clean:
+            return self(mixed), None
+        clean_logits, logits = self(torch.cat([x, mixed])).split([x.shape[0], mixed.shape[0]])
+        return logits, clean_logits
+
+    def forward_mixed(
+        self, x: Tensor, y: Tensor, services: StepServices, with_clean: bool = False
+    ) -> tuple[Tensor, Tensor | None, MixOutput]:
+        """Hooks ``inputs`` and ``features``: the logits of the mixed batch (and of the clean one when
+        ``with_clean``) and its :class:`MixOutput`. A feature-level mixer draws its stage; stage 0 mixes the input,
+        stage k the output of the k-th feature stage (replaced during this forward pass by the mixed hidden state;
+        with the clean batch alongside, only the mixed half is mixed)."""
+        stage = 0
+        if "features" in self.mixer.hooks:
+            stage = self.mixer.draw_stage(len(self.feature_stages), self.mixing_generator)
+        if stage == 0:
+            mix = self.mix_inputs(x, y, services)
+            return (*self.forward_batches(x, mix.x, with_clean), mix)
+        mixed: list[MixOutput] = []
+        context = self.mixer_context(services)
+        clean_count = x.shape[0] if with_clean else 0
+
+        def mix_hidden(hidden: Tensor) -> Tensor:
+            clean, hidden = hidden.split([clean_count, hidden.shape[0] - clean_count])
+            mixed.append(self.mixer(hidden, y, generator=self.mixing_generator, **context))
+            return torch.cat([clean, mixed[-1].x]) if with_clean else mixed[-1].x
+
+        with stage_hook(self.network, self.feature_stages[stage - 1], mix_hidden):
+            logits, clean_logits = self.forward_batches(x, x, with_clean)
+        return logits, clean_logits, mixed[0]
+
+    def refine_targets(self, mix: MixOutput, services: StepServices) -> MixOutput:
+        """Hook ``targets``: the mixer re-weights the labels from what the network saw (attention, ...)."""
+        wanted = self.mixer.requires
+        return self.mixer.refine_targets(mix, **{need: services.get(need) for need in wanted if need in AFTER_FORWARD})
 
     # ----- steps --------------------------------------------------------------------------------------------------
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
-        mix = self.mix(x, y, batch_idx)  # MixOutput: mixed images, partners, lambdas
-        if self.objective.uses_clean_batch:  # RegMixup: clean and mixed batch through the network together
-            clean_logits, logits = self(torch.cat([x, mix.x])).split([x.shape[0], mix.x.shape[0]])
-            loss = self.objective(logits, mix, clean_logits)
-        else:
-            logits = self(mix.x)
-            loss = self.objective(logits, mix)
-        self.log_train("train/loss", loss, x.shape[0], on_step=True)
-        self.log_train("train/top1", self.mixed_accuracy(logits, mix), x.shape[0])
-        self.train_lams.append(mix.lam.detach().cpu())
-        self._epoch_images += x.shape[0]
+        services = self.step_services(x, y)
+        mixing = self.should_mix(batch_idx)
+        hooks = self.mixer.hooks if mixing else ()
+        recorder = AttentionRecorder(self.network) if "attention" in getattr(self.mixer, "requires", ()) else None
+        with_clean = self.objective.uses_clean_batch  # RegMixup: the clean batch's loss too
+        with recorder or contextlib.nullcontext():  # 1-2. inputs / features: the mixed batch through the network
+            if mixing:
+                logits, clean_logits, mix = self.forward_mixed(x, y, services, with_clean)
+            else:
+                mix = MixOutput.identity(x, y)
+                logits, clean_logits = self.forward_batches(x, x, with_clean)
+        if "targets" in hooks:  # 3. targets: labels re-weighted from what the network saw
+            services.attention = recorder.mixed_part(x.shape[0]) if recorder is not None else None
+            mix = self.refine_targets(mix, services)
+        loss = self.objective(logits, mix, clean_logits) if with_clean else self.objective(logits, mix)
+        if "loss" in hooks:  # 4. the mixer's own loss (learned mixers)
+            loss = loss + self.mixer.own_loss(mix, **services.provide(self.mixer.requires))
+        self.log_step(loss, logits, mix, x.shape[0])
         return loss
+
+    def log_step(self, loss: Tensor, logits: Tensor, mix: MixOutput, batch_size: int) -> None:
+        """The step's loss, mixed accuracy and lambdas for the logs and the epoch summary."""
+        self.log_train("train/loss", loss, batch_size, on_step=True)
+        self.log_train("train/top1", self.mixed_accuracy(logits, mix), batch_size)
+        self.train_lams.append(mix.lam.detach().cpu())
+        self._epoch_images += batch_size
 
     @staticmethod
     def mixed_accuracy(logits: Tensor, mix: MixOutput) -> Tensor:
-        """Top-1 against both labels, weighted by the label weight (class ids; soft labels use their arg-max)."""
+        """Top-1 against every source's label, weighted by the label weights normalised per row (class ids; soft
+        labels use their arg-max)."""
         prediction = logits.argmax(dim=-1)
-        y_a = mix.y_a if mix.y_a.dim() == 1 else mix.y_a.argmax(dim=-1)
-        y_b = mix.y_b if mix.y_b.dim() == 1 else mix.y_b.argmax(dim=-1)
-        weight = mix.target_lam
-        hits = weight * (prediction == y_a).float() + (1 - weight) * (prediction == y_b).float()
+        weights = mix.label_weight_matrix()
+        weights = weights / weights.sum(dim=1, keepdim=True).clamp(min=1e-12)
+        hits = torch.zeros_like(weights[:, 0])
+        for column, labels in enumerate(mix.source_labels()):
+            labels = labels if labels.dim() == 1 else labels.argmax(dim=-1)
+            hits = hits + weights[:, column] * (prediction == labels).float()
         return hits.mean()
 
     def evaluate(self, batch: tuple[Tensor, Tensor], stage: str) -> None:

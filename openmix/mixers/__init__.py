@@ -8,7 +8,7 @@ a method is adding one file, and ``list_mixers()`` is complete as soon as ``open
 import importlib
 import pkgutil
 
-from openmix.mixers._base import Mixer, MixOutput
+from openmix.mixers._base import HOOKS, NEEDS, Mixer, MixOutput, PairMixer
 from openmix.mixers._registry import MixerEntry, create_mixer, get_mixer_entry, list_mixers, register_mixer
 
 _HELPER_MODULES = {"functional"}  # modules of this package that hold no method
@@ -26,5 +26,16 @@ _import_methods()
 _METHOD_CLASSES = {get_mixer_entry(name).cls.__name__: get_mixer_entry(name).cls for name in list_mixers()}
 globals().update(_METHOD_CLASSES)
 
-__all__ = ["Mixer", "MixOutput", "MixerEntry", "create_mixer", "get_mixer_entry", "list_mixers", "register_mixer"]
+__all__ = [
+    "HOOKS",
+    "NEEDS",
+    "Mixer",
+    "MixOutput",
+    "PairMixer",
+    "MixerEntry",
+    "create_mixer",
+    "get_mixer_entry",
+    "list_mixers",
+    "register_mixer",
+]
 __all__ += sorted(_METHOD_CLASSES)

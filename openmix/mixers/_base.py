@@ -1,25 +1,46 @@
-"""The mixer contract: :class:`MixOutput` and the :class:`Mixer` base class.
+"""The mixer contract: :class:`MixOutput`, the protocol root :class:`Mixer` and the two-source base
+:class:`PairMixer`.
 
-A mixer takes a batch ``x`` (B, C, H, W) and its labels ``y`` and returns a :class:`MixOutput`. The base class owns
-everything common to all methods: argument checks, partner pairing, lambda sampling (one per batch or one per
-sample), explicit ``lam`` and the label bookkeeping. A subclass only implements :meth:`Mixer.mix`, which turns
-(x, partner index, lambdas) into the mixed pixels.
+A training step with mixing has four hook points (``HOOKS``, DESIGN.md "Mixing protocol"): ``inputs`` (before the
+forward pass, on the images), ``features`` (on a hidden state inside the forward pass), ``targets`` (after the
+forward pass, re-weighting the labels from what the network saw) and ``loss`` (a learned mixer's own loss). A mixer
+class declares where it acts (``hooks``) and what it needs from the trainer (``requires``, from the closed
+vocabulary ``NEEDS``) as class attributes; the registry, the trainer, ``openmix show`` and the benchmarks read them
+and nothing else. :class:`PairMixer` owns everything common to the two-source methods: argument checks, partner
+pairing, lambda sampling (one per batch or one per sample), explicit ``lam`` and the label bookkeeping; a subclass
+only implements :meth:`PairMixer.mix`, which turns (x, partner index, lambdas) into the mixed pixels.
 """
 
 from __future__ import annotations
 
 import abc
 import math
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from openmix.losses import mix_targets
 from openmix.mixers import functional as F_mix
+from openmix.targets import mix_targets, one_hot_targets
 
 MODES = ("batch", "elem")
+HOOKS = ("inputs", "features", "targets", "loss")
+"""Where a mixer acts in a training step, in this order."""
+NEEDS = ("model", "saliency", "features", "attention", "cam", "momentum_model")
+"""What a mixer may need from the trainer (one providing function each, :mod:`openmix.lightning.services`):
+
+- ``model``: the training network (``nn.Module``).
+- ``saliency``: (B, H, W) float32, the L2 norm over channels of d(clean loss)/dx on the clean batch (one extra
+  forward and backward per step, shared by every consumer).
+- ``features``: the hidden states of the network at its feature stages.
+- ``attention``: (B, gh, gw) float32, the class token's attention over the patch tokens in the last block of a ViT,
+  averaged over heads (a row of the softmax, so the patch entries sum to less than 1).
+- ``cam``: (B, h, w) float32, the class activation map of each sample's own label on the clean batch, at the
+  last feature map's resolution, before any normalisation (needs a global-pool + linear classifier).
+- ``momentum_model``: a momentum (EMA) copy of the training network.
+"""
 
 
 @dataclass
@@ -34,9 +55,18 @@ class MixOutput:
         y_b: labels of the partners, ``y[index]``.
         mask: ``None`` for global interpolation, else the per-pixel weight of sample i itself, (1 or B, 1, H, W)
             float32, broadcastable to ``x``.
-        label_lam: ``None``, or (B,) float32 weights of ``y_a`` in the targets when they differ from the pixel share
-            ``lam`` (AutoMix labels its mix with the sampled lambda while its mask's mean only tracks it). Read it
-            through :attr:`target_lam`.
+        indices: ``None`` for two sources, else (B, k) int64: output i mixes the inputs ``indices[i]`` (k-source
+            methods: Co-Mixup, AdAutoMix). ``indices[:, 0]`` is sample i itself and ``indices[:, 1]`` its largest
+            other source, so ``index == indices[:, 1]``; ``y_a`` must then hold the whole batch's labels.
+        weights: ``None`` for two sources, else (B, k) float32 pixel shares of the k sources (rows sum to 1;
+            ``lam == weights[:, 0]``).
+        label_weights: ``None``, or (B, 2) / (B, k) float32 weights of each source's label in the targets when they
+            differ from the pixel shares: AutoMix labels its mix with the sampled lambda, TransMix / TokenMix with
+            attention, SnapMix with class activation maps (its rows need not sum to 1). ``lam`` stays the pixel share
+            (the contract); the loss reads :meth:`label_weight_matrix`.
+
+    The two-source form (``index``, ``lam``, ``y_a``, ``y_b``, ``mask``) is always filled; k-source methods add
+    ``indices`` / ``weights``, and the two-source fields then describe the two largest sources.
     """
 
     x: Tensor
@@ -45,12 +75,37 @@ class MixOutput:
     y_a: Tensor
     y_b: Tensor
     mask: Tensor | None = None
-    label_lam: Tensor | None = None
+    label_weights: Tensor | None = None
+    indices: Tensor | None = None
+    weights: Tensor | None = None
 
     @property
     def target_lam(self) -> Tensor:
-        """(B,) weight of ``y_a`` in the targets: ``label_lam`` when set, else ``lam``."""
-        return self.lam if self.label_lam is None else self.label_lam
+        """(B,) weight of sample i's own label ``y_a`` in the targets (the first column of
+        :meth:`label_weight_matrix`)."""
+        return self.label_weight_matrix()[:, 0]
+
+    def label_weight_matrix(self) -> Tensor:
+        """(B, k) float32 weight of each source's label in the targets: ``label_weights`` when set, else the pixel
+        shares (``weights``, or ``(lam, 1 - lam)`` for two sources)."""
+        if self.label_weights is not None:
+            return self.label_weights
+        if self.weights is not None:
+            return self.weights
+        return torch.stack([self.lam, 1.0 - self.lam], dim=1)
+
+    def source_labels(self) -> list[Tensor]:
+        """The labels of the k sources, one (B,) or (B, K) tensor per column of :meth:`label_weight_matrix`."""
+        if self.indices is None:
+            return [self.y_a, self.y_b]
+        return [self.y_a.index_select(0, self.indices[:, j]) for j in range(self.indices.shape[1])]
+
+    def with_label_weights(self, label_weights: Tensor) -> MixOutput:
+        """A copy whose targets use ``label_weights`` ((B, 2) or (B, k), or (B,) for the weight of ``y_a`` with
+        ``1 - w`` for ``y_b``); the pixels and ``lam`` are unchanged."""
+        if label_weights.dim() == 1:
+            label_weights = torch.stack([label_weights, 1.0 - label_weights], dim=1)
+        return replace(self, label_weights=label_weights.to(torch.float32))
 
     @classmethod
     def identity(cls, x: Tensor, y: Tensor) -> MixOutput:
@@ -59,9 +114,13 @@ class MixOutput:
         return cls(x, index, torch.ones(x.shape[0], device=x.device), y, y, None)
 
     def soft_targets(self, num_classes: int, smoothing: float = 0.0) -> Tensor:
-        """(B, K) float32 rows ``w * t(y_a) + (1 - w) * t(y_b)``, w = :attr:`target_lam`, t = (smoothed) one-hot
-        or soft target."""
-        return mix_targets(self.y_a, self.y_b, self.target_lam, num_classes, smoothing)
+        """(B, K) float32 rows ``sum_j w_j * t(y_j)`` over the sources j, w = :meth:`label_weight_matrix`, t =
+        (smoothed) one-hot or soft target; for two sources ``w * t(y_a) + (1 - w) * t(y_b)``."""
+        if self.label_weights is None and self.indices is None:
+            return mix_targets(self.y_a, self.y_b, self.lam, num_classes, smoothing)
+        weights = self.label_weight_matrix()
+        targets = [one_hot_targets(labels, num_classes, smoothing) for labels in self.source_labels()]
+        return sum(weights[:, j : j + 1].to(t.device) * t for j, t in enumerate(targets))
 
 
 def check_positive(value: Any, name: str) -> float:
@@ -89,12 +148,14 @@ def check_network(network: Any, name: str = "model") -> nn.Module:
     return network
 
 
-def check_batch(x: Any, y: Any) -> None:
-    """Validate the (x, y) pair of the mixer contract; errors name the offending argument."""
+def check_batch(x: Any, y: Any, ranks: Sequence[int] = (4,)) -> None:
+    """Validate the (x, y) pair of the mixer contract; errors name the offending argument. ``ranks``: the numbers
+    of dimensions ``x`` may have (images: 4; a feature-stage mixer also takes (B, N, D) tokens or (B, D))."""
     if not isinstance(x, Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() != 4:
-        raise ValueError(f"x must have shape (B, C, H, W), got {x.dim()} dimensions: {tuple(x.shape)}")
+    if x.dim() not in ranks:
+        expected = "(B, C, H, W)" if tuple(ranks) == (4,) else f"one of {tuple(ranks)} dimensions"
+        raise ValueError(f"x must have shape {expected}, got {x.dim()} dimensions: {tuple(x.shape)}")
     if not x.is_floating_point():
         raise TypeError(f"x must be a floating point tensor, got {x.dtype}")
     if x.shape[0] < 1 or x.numel() == 0:
@@ -119,17 +180,83 @@ def check_batch(x: Any, y: Any) -> None:
 
 def check_call(mixer: nn.Module, x: Any, y: Any, generator: Any, context: dict[str, Any]) -> None:
     """Validate a mixer call: the batch, the generator and the call-time inputs the mixer ``requires``."""
-    check_batch(x, y)
+    check_batch(x, y, getattr(mixer, "input_ranks", (4,)))
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
-    requires = getattr(mixer, "requires", ())
-    unknown = sorted(set(context) - set(requires))
+    takes = (*getattr(mixer, "requires", ()), *getattr(mixer, "optional_inputs", ()))
+    unknown = sorted(set(context) - set(takes))
     if unknown:
-        raise ValueError(f"{type(mixer).__name__} got unexpected call arguments {unknown}; it takes {requires}")
+        raise ValueError(f"{type(mixer).__name__} got unexpected call arguments {unknown}; it takes {takes}")
 
 
 class Mixer(nn.Module, abc.ABC):
-    """Base class of every pixel-space mixer.
+    """The protocol root of every mixer: where it acts and what it needs, declared once on the class.
+
+    Class attributes (read by the registry, the trainer, ``openmix show`` and the benchmarks; no code branches on a
+    method's name or class):
+
+    - ``hooks``: the hook points it acts at, from ``HOOKS``: ``"inputs"`` (``forward(x, y, generator, lam,
+      **needs)`` before the forward pass), ``"features"`` (``forward`` on the hidden state at the stage
+      :meth:`draw_stage` picks), ``"targets"`` (:meth:`refine_targets` after the forward pass), ``"loss"`` (a
+      learned mixer's own loss).
+    - ``requires``: what it needs from the trainer, from ``NEEDS``; the trainer hands each one over as a keyword
+      argument of the same name (to ``forward`` or :meth:`refine_targets`, whichever declares it). An instance may
+      narrow it (a mixer given its own feature extractor no longer needs the training ``model``).
+    - ``optional_inputs``: call-time arguments it accepts besides its needs (not provided by the trainer's services).
+    - ``input_ranks``: the numbers of dimensions ``forward`` accepts for ``x`` (images: 4).
+    - ``shares_batch_mask``: whether ``mode="batch"`` gives every sample the same mask.
+    - ``moves_partner``: the partner's content is resized, cropped or aligned before it is mixed in (ResizeMix,
+      SnapMix, AlignMix), so ``(1 - mask)`` holds a transform of ``x[index]``, not ``x[index]`` itself.
+    - ``learned``: its parameters are trained during training (then ``trained_by`` names the module class that can).
+    """
+
+    hooks: ClassVar[tuple[str, ...]] = ("inputs",)
+    requires: tuple[str, ...] = ()
+    optional_inputs: ClassVar[tuple[str, ...]] = ()
+    input_ranks: ClassVar[tuple[int, ...]] = (4,)
+    shares_batch_mask: bool = True
+    moves_partner: ClassVar[bool] = False
+    learned: ClassVar[bool] = False
+    trained_by: ClassVar[str | None] = None
+    inplace: bool = False
+    registry_name: str = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        check_capabilities(cls.__name__, cls.hooks, cls.requires)
+
+    @abc.abstractmethod
+    def forward(
+        self, x: Tensor, y: Tensor, generator: torch.Generator | None = None, lam: Any = None, **needs: Any
+    ) -> MixOutput:
+        """Hooks ``inputs`` / ``features``: mix ``x`` (images, or the hidden state at the drawn stage) and return a
+        :class:`MixOutput`; ``needs`` are the values named in ``requires`` that are known before the forward pass."""
+
+    def refine_targets(self, mix: MixOutput, **needs: Any) -> MixOutput:
+        """Hook ``targets``: re-weight the labels of ``mix`` after the forward pass (``label_weights``); the
+        default keeps them."""
+        return mix
+
+    def draw_stage(self, num_stages: int, generator: torch.Generator | None = None) -> int:
+        """Hook ``features``: the stage to mix at, 0 for the input or k in 1..``num_stages`` for the output of the
+        network's k-th feature stage. Mixers without the hook mix the input."""
+        return 0
+
+    def max_stage(self) -> int:
+        """The deepest stage :meth:`draw_stage` may return (the trainer refuses a backbone with fewer)."""
+        return 0
+
+
+def check_capabilities(owner: str, hooks: Any, requires: Any) -> None:
+    """``hooks`` and ``requires`` must be tuples from the closed vocabularies ``HOOKS`` and ``NEEDS``."""
+    if not isinstance(hooks, tuple) or not hooks or any(hook not in HOOKS for hook in hooks):
+        raise ValueError(f"{owner}.hooks must be a non-empty tuple from {HOOKS}, got {hooks!r}")
+    if not isinstance(requires, tuple) or any(need not in NEEDS for need in requires):
+        raise ValueError(f"{owner}.requires must be a tuple from {NEEDS}, got {requires!r}")
+
+
+class PairMixer(Mixer):
+    """Base class of the two-source mixers (every sample mixed with one partner).
 
     Args:
         alpha: concentration of the Beta(alpha, alpha) distribution that lambda is drawn from (> 0).
@@ -139,15 +266,9 @@ class Mixer(nn.Module, abc.ABC):
             reversed batch (sample i with sample B-1-i).
         inplace: write the mixed pixels into the input tensor instead of a new one.
 
-    Subclasses set ``requires`` to the names of the call-time inputs they need from a trainer (e.g. ``("model",)``),
-    and ``shares_batch_mask = False`` when even batch mode gives each sample its own mask (AttentiveMix, whose cells
-    come from each partner's attention).
+    A subclass implements :meth:`mix`; what it needs at call time arrives as keyword arguments named in
+    ``requires``.
     """
-
-    requires: tuple[str, ...] = ()
-    needs_network: bool = False  # True when a mixer may take a network at call time (the registry reads it)
-    shares_batch_mask: bool = True
-    registry_name: str = ""
 
     def __init__(self, alpha: float = 1.0, mode: str = "batch", pairing: str = "random", inplace: bool = False):
         super().__init__()
@@ -178,6 +299,8 @@ class Mixer(nn.Module, abc.ABC):
             **context: what a mixer that needs a network takes at call time (see ``requires``).
         """
         check_call(self, x, y, generator, context)
+        if self.inplace and x.dim() != 4:
+            raise ValueError(f"{type(self).__name__} mixes hidden states out of place: build it with inplace=False")
         root = x if x._base is None else x._base  # a view writes into the tensor it views
         if self.inplace and root.is_leaf and root.requires_grad and torch.is_grad_enabled():
             raise ValueError(

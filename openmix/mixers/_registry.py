@@ -27,8 +27,8 @@ class MixerEntry:
         paper: paper title.
         url: link to the paper.
 
-    The defaults and the network need are read from the class (its signature and its ``needs_network``
-    attribute), so they cannot disagree with what ``cls(...)`` builds.
+    The defaults and the capabilities are read from the class (its signature and its ``hooks`` / ``requires`` /
+    ``learned`` attributes), so they cannot disagree with what ``cls(...)`` builds.
     """
 
     name: str
@@ -42,10 +42,20 @@ class MixerEntry:
         return signature_defaults(self.cls)
 
     @property
-    def needs_network(self) -> bool:
-        """True when the mixer may need a network at call time (features, the model, an EMA copy): the class's
-        ``needs_network`` attribute."""
-        return bool(getattr(self.cls, "needs_network", False))
+    def hooks(self) -> tuple[str, ...]:
+        """The hook points of a training step the mixer acts at (``openmix.mixers._base.HOOKS``)."""
+        return tuple(getattr(self.cls, "hooks", ("inputs",)))
+
+    @property
+    def requires(self) -> tuple[str, ...]:
+        """What the mixer may need from the trainer (``openmix.mixers._base.NEEDS``): the class's ``requires``
+        (an instance may need less, e.g. AttentiveMix given its own extractor)."""
+        return tuple(getattr(self.cls, "requires", ()))
+
+    @property
+    def learned(self) -> bool:
+        """Whether its parameters are trained during training."""
+        return bool(getattr(self.cls, "learned", False))
 
 
 def signature_defaults(cls: type) -> dict[str, Any]:
@@ -74,6 +84,10 @@ def register_mixer(name: str, *, paper: str, url: str) -> Callable[[type[nn.Modu
     key = name.lower()
 
     def decorator(cls: type[nn.Module]) -> type[nn.Module]:
+        from openmix.mixers._base import Mixer
+
+        if not (isinstance(cls, type) and issubclass(cls, Mixer)):
+            raise TypeError(f"register_mixer decorates subclasses of openmix.Mixer, got {cls!r}")
         if key in _REGISTRY:
             raise ValueError(f"mixer name {key!r} is already registered by {_REGISTRY[key].cls.__qualname__}")
         _REGISTRY[key] = MixerEntry(key, cls, paper, url)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from openmix.mixers import functional as F_mix
-from openmix.mixers._base import Mixer, check_network
+from openmix.mixers._base import PairMixer, check_network
 from openmix.mixers._registry import register_mixer
 
 
@@ -55,7 +55,7 @@ def cell_mask(top_cells: Tensor, grid: int, height: int, width: int) -> Tensor:
     "(Walawalkar et al., ICASSP 2020)",
     url="https://arxiv.org/abs/2003.13048",
 )
-class AttentiveMix(Mixer):
+class AttentiveMix(PairMixer):
     """Attentive CutMix.
 
     Args:
@@ -73,7 +73,7 @@ class AttentiveMix(Mixer):
     """
 
     shares_batch_mask = False
-    needs_network = True  # ranks cells / builds masks from a network's features
+    requires = ("model",)  # the training network's features rank the cells, unless an extractor is given
 
     def __init__(
         self,

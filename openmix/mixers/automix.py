@@ -18,7 +18,6 @@ lives in :class:`openmix.lightning.AutoMixClassifier`.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import torch
@@ -26,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from openmix.mixers import functional as F_mix
-from openmix.mixers._base import Mixer, MixOutput, check_network
+from openmix.mixers._base import MixOutput, PairMixer, check_network
 from openmix.mixers._registry import register_mixer
 
 
@@ -45,7 +44,7 @@ def intermediate_features(network: nn.Module, images: Tensor, stage: int) -> Ten
     paper="AutoMix: Unveiling the Power of Mixup for Stronger Classifiers (Liu et al., ECCV 2022)",
     url="https://arxiv.org/abs/2103.13027",
 )
-class AutoMix(Mixer):
+class AutoMix(PairMixer):
     """The Mix Block.
 
     Args:
@@ -67,7 +66,9 @@ class AutoMix(Mixer):
     """
 
     shares_batch_mask = False
-    needs_network = True  # ranks cells / builds masks from a network's features
+    requires = ("model",)  # a network's features (the momentum network's, in training) make the masks
+    optional_inputs = ("features",)  # features a trainer already computed for this batch, reused for two draws
+    learned = True
     trained_by = "openmix.lightning.AutoMixClassifier"  # its weights learn through a momentum pipeline
 
     def __init__(
@@ -106,7 +107,7 @@ class AutoMix(Mixer):
         self.extractor = extractor
         # call-time inputs: the feature network (unless built with one) and, optionally, features a trainer has
         # already computed for this batch (AutoMixClassifier reuses them for its two draws)
-        self.requires = ("model", "features") if extractor is None else ("features",)
+        self.requires = ("model",) if extractor is None else ()
         self.feature_stage = int(feature_stage)
         self.reduction = int(reduction)
         self.lam_embedding = lam_embedding
@@ -166,12 +167,12 @@ class AutoMix(Mixer):
         **context: Any,
     ) -> MixOutput:
         """Mix a batch (see :meth:`Mixer.forward`). ``lam`` of the output is the mean of each learned mask (the
-        contract's pixel share); the targets use the sampled lambda (``label_lam``), as in the paper (Sec. 3.2:
+        contract's pixel share); the targets use the sampled lambda (``label_weights``), as in the paper (Sec. 3.2:
         the mixed sample is labelled with lambda, the mask loss pulls the mask's mean towards it) and the authors'
         code (OpenMixup ``openmixup/models/classifiers/automix_V1plus.py``: ``forward_k`` and ``forward_q`` build
         the targets ``(y, y[index], lam)`` from the sampled ``lam``)."""
         out = super().forward(x, y, generator, lam, **context)
-        return replace(out, label_lam=self.last_target_lam)
+        return out.with_label_weights(self.last_target_lam)
 
     def mix(
         self, x: Tensor, index: Tensor, lam: Tensor | None, generator: torch.Generator | None, **context: Any

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from openmix.mixers import functional as F_mix
-from openmix.mixers._base import Mixer
+from openmix.mixers._base import PairMixer
 from openmix.mixers._registry import register_mixer
 
 
@@ -23,7 +23,7 @@ from openmix.mixers._registry import register_mixer
     "(Yun et al., ICCV 2019)",
     url="https://arxiv.org/abs/1905.04899",
 )
-class CutMix(Mixer):
+class CutMix(PairMixer):
     """CutMix.
 
     Args:

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from openmix.mixers import functional as F_mix
-from openmix.mixers._base import Mixer
+from openmix.mixers._base import PairMixer
 from openmix.mixers._registry import register_mixer
 
 
@@ -127,7 +127,7 @@ def top_fraction_mask(values: Tensor, keep: Tensor, max_soft: float = 0.0, guide
     paper="FMix: Enhancing Mixed Sample Data Augmentation (Harris et al., 2020)",
     url="https://arxiv.org/abs/2002.12047",
 )
-class FMix(Mixer):
+class FMix(PairMixer):
     """FMix.
 
     Args:

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from openmix.mixers import functional as F_mix
-from openmix.mixers._base import Mixer
+from openmix.mixers._base import PairMixer
 from openmix.mixers._registry import register_mixer
 
 
@@ -20,7 +20,7 @@ from openmix.mixers._registry import register_mixer
     paper="mixup: Beyond Empirical Risk Minimization (Zhang et al., ICLR 2018)",
     url="https://arxiv.org/abs/1710.09412",
 )
-class Mixup(Mixer):
+class Mixup(PairMixer):
     """Mixup. ``alpha`` = 1 (the paper's ImageNet and CIFAR choice is 0.2-1; OpenMixup's CIFAR tables use 1).
 
     Args:

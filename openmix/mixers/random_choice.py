@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from openmix.mixers._base import MODES, MixOutput, check_call, check_choice
+from openmix.mixers._base import MODES, Mixer, MixOutput, check_call, check_choice
 from openmix.mixers._registry import create_mixer, register_mixer
 from openmix.mixers.functional import PAIRINGS, check_bool, check_lam, is_real
 
@@ -42,11 +42,14 @@ def _build_child(spec: str | Mapping[str, Any] | nn.Module, shared: dict[str, An
     paper="Training data-efficient image transformers & distillation through attention (Touvron et al., ICML 2021)",
     url="https://arxiv.org/abs/2012.12877",
 )
-class RandomChoiceMixer(nn.Module):
+class RandomChoiceMixer(Mixer):
     """Apply one of ``mixers`` per call, with probabilities ``probs``, or no mixing with ``no_mix_prob``.
 
     Args:
-        mixers: children, each a registered name, a mapping ``{"name": ..., **kwargs}`` or a built mixer.
+        mixers: children, each a built mixer (in a config: ``{class_path: openmix.mixers.CutMix, init_args: ...}``),
+            a registered name, or a mapping ``{"name": ..., **kwargs}``. Children that act on hidden features
+            (hook ``features``) are refused: the stage is drawn before the mixer. A child that re-weights the labels
+            after the forward pass (hook ``targets``) does so when it was the one chosen.
         probs: relative probabilities of the children (normalised); uniform when ``None``.
         no_mix_prob: probability that a call returns the batch unmixed (lam = 1, each sample its own partner).
         mode, pairing, inplace: passed to children built from names or mappings.
@@ -56,7 +59,7 @@ class RandomChoiceMixer(nn.Module):
 
     def __init__(
         self,
-        mixers: Sequence[str | Mapping[str, Any] | nn.Module] = DEIT_MIXERS,
+        mixers: Sequence[Mixer | str | Mapping[str, Any]] = DEIT_MIXERS,
         probs: Sequence[float] | None = None,
         no_mix_prob: float = 0.0,
         mode: str = "batch",
@@ -95,9 +98,16 @@ class RandomChoiceMixer(nn.Module):
         self.no_mix_prob = float(no_mix_prob)
         self.shares_batch_mask = all(getattr(child, "shares_batch_mask", True) for child in self.mixers)
         self.requires = tuple(sorted({need for child in self.mixers for need in getattr(child, "requires", ())}))
+        child_hooks = {hook for child in self.mixers for hook in getattr(child, "hooks", ("inputs",))}
+        if "features" in child_hooks or "loss" in child_hooks:
+            raise ValueError(
+                "mixers must act on the inputs (and may re-weight the targets): a child with hooks 'features' or "
+                f"'loss' cannot be chosen per batch, got children with hooks {sorted(child_hooks)}"
+            )
+        self.hooks = tuple(hook for hook in ("inputs", "targets") if hook in child_hooks or hook == "inputs")
         # whether a call may overwrite its input: any child built in place (given as a module, or through `inplace`)
         self.inplace = any(bool(getattr(child, "inplace", False)) for child in self.mixers)
-        self.needs_network = any(bool(getattr(child, "needs_network", False)) for child in self.mixers)
+        self.chosen: nn.Module | None = None  # the child of the last call (None: unmixed), for refine_targets
 
     def extra_repr(self) -> str:
         return f"probs={[round(p, 4) for p in self.probs]}, no_mix_prob={self.no_mix_prob}"
@@ -114,11 +124,20 @@ class RandomChoiceMixer(nn.Module):
         check_lam(lam, x.shape[0], "elem")  # before the draw, so bad input fails whichever branch is taken
         device = generator.device if generator is not None else torch.device("cpu")
         draw = float(torch.rand((), generator=generator, device=device))  # one uniform draw decides the branch
+        self.chosen = None
         if draw < self.no_mix_prob:
             return MixOutput.identity(x, y)
         position = (draw - self.no_mix_prob) / max(1.0 - self.no_mix_prob, 1e-12)  # uniform in [0, 1) again
         cumulative = torch.tensor(self.probs, dtype=torch.float64).cumsum(0)
         choice = min(int((cumulative <= position).sum()), len(self.mixers) - 1)
         child = self.mixers[choice]
+        self.chosen = child
         needs = getattr(child, "requires", ())
         return child(x, y, generator=generator, lam=lam, **{k: v for k, v in context.items() if k in needs})
+
+    def refine_targets(self, mix: MixOutput, **needs: Any) -> MixOutput:
+        """The chosen child's label re-weighting (hook ``targets``), if it has one; else ``mix`` as it is."""
+        if self.chosen is None or "targets" not in getattr(self.chosen, "hooks", ()):
+            return mix
+        wanted = getattr(self.chosen, "requires", ())
+        return self.chosen.refine_targets(mix, **{key: value for key, value in needs.items() if key in wanted})

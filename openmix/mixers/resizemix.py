@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from openmix.mixers import functional as F_mix
-from openmix.mixers._base import Mixer
+from openmix.mixers._base import PairMixer
 from openmix.mixers._registry import register_mixer
 
 
@@ -73,7 +73,7 @@ def resized_partners(x: Tensor, index: Tensor, boxes: Tensor) -> Tensor:
     paper="ResizeMix: Mixing Data with Preserved Object Information and True Labels (Qin et al., 2020)",
     url="https://arxiv.org/abs/2012.11101",
 )
-class ResizeMix(Mixer):
+class ResizeMix(PairMixer):
     """ResizeMix.
 
     Args:
@@ -87,6 +87,8 @@ class ResizeMix(Mixer):
         pairing: ``"random"`` or ``"flip"``.
         inplace: write into the input tensor; in batch mode only the box is written.
     """
+
+    moves_partner = True  # the whole partner image, resized into the box
 
     def __init__(
         self,

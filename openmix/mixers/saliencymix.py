@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from openmix.mixers import functional as F_mix
-from openmix.mixers._base import Mixer
+from openmix.mixers._base import PairMixer
 from openmix.mixers._registry import register_mixer
 
 # Half-widths (in pixels) of the surround windows of OpenCV's StaticSaliencyFineGrained.
@@ -148,7 +148,7 @@ def saliency_peaks(images: Tensor, backend: str = "torch", max_size: int | None 
     "(Uddin et al., ICLR 2021)",
     url="https://arxiv.org/abs/2006.01791",
 )
-class SaliencyMix(Mixer):
+class SaliencyMix(PairMixer):
     """SaliencyMix.
 
     Args:
