@@ -20,8 +20,8 @@ class TinyExtractor(nn.Module):
         self.conv = nn.Conv2d(1, 4, 3, padding=1)
         self.head = nn.Linear(4, num_classes)
         with torch.no_grad():
-            self.conv.weight.copy_(torch.randn(self.conv.weight.shape, generator=generator))
-            self.head.weight.copy_(torch.randn(self.head.weight.shape, generator=generator))
+            for parameter in self.parameters():  # every weight and bias from the seeded generator
+                parameter.copy_(torch.randn(parameter.shape, generator=generator))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x.float().mean(dim=1, keepdim=True))
@@ -48,8 +48,12 @@ class WithNeeds(nn.Module):
             return getattr(super().__getattr__("mixer"), name)
 
     def forward(self, x, y, generator=None, lam=None, **context):
-        classes = 10 if y.dim() == 1 else y.shape[1]
-        needs = mixer_inputs(self.mixer, TinyExtractor(max(classes, 10)).to(x.device), x, y) if x.dim() == 4 else {}
+        try:  # bad input: no needs, so that the mixer's own check reports it
+            classes = int(y.max()) + 1 if y.dim() == 1 else y.shape[1]
+            network = TinyExtractor(max(classes, 10)).to(x.device)
+            needs = mixer_inputs(self.mixer, network, x, y)
+        except Exception:
+            needs = {}
         return self.mixer(x, y, generator=generator, lam=lam, **{**needs, **context})
 
 

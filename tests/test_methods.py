@@ -255,7 +255,7 @@ def test_attentivemix_pastes_the_partners_most_attended_cells():
 def test_attentivemix_uses_the_training_network_when_built_without_extractor():
     network = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4))
     mixer = openmix.create_mixer("attentivemix")
-    assert mixer.requires == ("model",) and openmix.get_mixer_entry("attentivemix").needs_network
+    assert mixer.requires == ("model",) and openmix.get_mixer_entry("attentivemix").requires == ("model",)
     x = torch.randn(3, 3, 14, 14)
     running_mean = network[1].running_mean.clone()
     out = mixer(x, torch.arange(3), model=network)

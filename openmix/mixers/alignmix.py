@@ -185,7 +185,7 @@ class AlignMix(PairMixer):
             return F_mix.blend(x, index, weight, self.inplace), lam, None
         to_sample = self.draw_directions(x.shape[0], generator)  # (1,) or (B,) bool CPU
         plan = self.transport_plan(x, index)
-        assignment = plan * plan.shape[1]  # R = r P*: rows and columns sum to 1
+        assignment = plan * plan.shape[1]  # R = r P*: columns sum to 1, rows too once Sinkhorn has converged
         points = as_point_sets(x).float()  # (B, r, c)
         partners = points.index_select(0, index)
         if bool(to_sample.all()):
@@ -193,7 +193,7 @@ class AlignMix(PairMixer):
         elif not bool(to_sample.any()):
             start, end = partners, torch.bmm(assignment.transpose(1, 2), points)  # A~' = A R, rows k: sum_j R_jk a_j
         else:  # elem mode, both directions in the batch
-            choose = to_sample.to(x.device).view(-1, 1, 1)
+            choose = to_sample.to(x.device, non_blocking=True).view(-1, 1, 1)
             start = torch.where(choose, torch.bmm(assignment, partners), partners)
             end = torch.where(choose, points, torch.bmm(assignment.transpose(1, 2), points))
         if isinstance(weight, Tensor):

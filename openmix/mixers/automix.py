@@ -30,10 +30,11 @@ from openmix.mixers._registry import register_mixer
 
 
 def intermediate_features(network: nn.Module, images: Tensor, stage: int) -> Tensor:
-    """(n, C, h, w) output of stage ``stage`` of a timm model (``forward_intermediates``), else the module's output."""
+    """(n, C, h, w) output of stage ``stage`` of a timm model (``forward_intermediates``), else its
+    ``forward_features`` or its output."""
     if hasattr(network, "forward_intermediates"):  # stop after the stage: the rest of the network is not needed
         return network.forward_intermediates(images, indices=[stage], intermediates_only=True, stop_early=True)[0]
-    features = network(images)
+    features = network.forward_features(images) if hasattr(network, "forward_features") else network(images)
     if not isinstance(features, Tensor) or features.dim() != 4:
         raise ValueError(f"the feature network must return a (n, C, h, w) map, got {type(features).__name__}")
     return features

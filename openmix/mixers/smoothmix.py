@@ -209,8 +209,10 @@ class SmoothMix(PairMixer):
         dx2 = squared_offsets(center_x, width, device)
         if lam is None:
             low, high = self.sigma
-            spread = torch.full((num,), low, dtype=torch.float64) if low == high else None
-            spread = F_mix.sample_uniform(low, high, num, generator) if spread is None else spread
+            if high > low:
+                spread = F_mix.sample_uniform(low, high, num, generator)
+            else:  # one fixed spread: nothing to draw
+                spread = torch.full((num,), low, dtype=torch.float64)
             mask = smooth_mask(dy2, dx2, spread.to(device, non_blocking=True), self.shape)
             return 1.0 - mask if self.invert else mask
         target = lam.double()
