@@ -64,7 +64,11 @@ def test_unknown_keys_are_errors():
 
 
 def test_print_config_shows_the_defaults():
-    printed = yaml.safe_load(cli("fit", "--print_config").stdout)
+    typed = ("--model.init_args.mixer=openmix.mixers.CutMix", "--model.init_args.mixer.alpha=0.3")
+    printed = yaml.safe_load(cli("fit", *typed, "--print_config").stdout)
+    mixer = printed["model"]["init_args"]["mixer"]  # a typed mixer shows every argument of its class
+    assert mixer == {"class_path": "openmix.mixers.CutMix",
+                     "init_args": {"alpha": 0.3, "minmax": None, "mode": "batch", "pairing": "random", "inplace": False}}  # fmt: skip
     assert printed["model"]["class_path"] == "openmix.lightning.MixClassifier"
     assert printed["model"]["init_args"]["optimizer"]["class_path"] == "openmix.lightning.SGD"
     assert printed["data"]["class_path"] == "openmix.data.FashionMNISTData"
@@ -78,7 +82,7 @@ def test_list_prints_every_mixer(capsys):
 
     for name in openmix.list_mixers():
         assert name in printed
-    assert "arxiv.org" in printed and "needs a network" in printed
+    assert "arxiv.org" in printed and "attentivemix  [needs: model]" in printed and "acts on: inputs" in printed
 
 
 @needs_fmnist

@@ -65,7 +65,7 @@ def check_cam_network(network: nn.Module) -> None:
             f"{type(head).__name__}"
         )
     pool = getattr(network, "global_pool", None)
-    pool_type = getattr(pool, "pool_type", "avg")
+    pool_type = pool if isinstance(pool, str) else getattr(pool, "pool_type", "avg")
     if pool_type not in ("avg", "fast_avg", "avgmax", ""):
         raise ValueError(f"class activation maps need global average pooling; {name} pools with {pool_type!r}")
 
