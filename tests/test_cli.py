@@ -330,3 +330,19 @@ def test_a_bad_checkpoint_file_is_named(tmp_path, content):
         result = cli("validate", f"--ckpt_path={checkpoint}", "--trainer.logger=false", check=False)
         assert result.returncode != 0 and "Traceback" not in result.stderr
         assert f"{checkpoint} is not a PyTorch checkpoint" in result.stderr
+
+
+@needs_fmnist
+@pytest.mark.slow
+def test_methods_of_every_hook_point_train_from_the_cli_by_their_short_names(tmp_path):
+    """A hidden-state mixer on a CNN and an attention-labelled one on a ViT, by ``--model.init_args.mixer NAME``."""
+    vit = [
+        "--model.init_args.backbone=vit_tiny_patch16_224",
+        "--model.init_args.backbone_kwargs={img_size: 28, patch_size: 7, depth: 1, embed_dim: 16, num_heads: 2}",
+    ]
+    for name, model in (("manifoldmix", TINY_MODEL), ("transmix", vit)):
+        root = tmp_path / name
+        cli("fit", *model, *TINY_DATA, f"--model.init_args.mixer={name}", "--trainer.max_steps=3",
+            "--trainer.limit_val_batches=1", f"--trainer.default_root_dir={root}")  # fmt: skip
+        (metrics,) = root.glob("*/version_*/metrics.csv")
+        assert "train/loss" in metrics.read_text()

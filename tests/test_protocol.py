@@ -298,3 +298,33 @@ def test_label_weights_that_do_not_sum_to_one_weight_each_label_as_given():
     torch.testing.assert_close(targets, expected)
     lam_before = out.lam.clone()
     assert torch.equal(out.lam, lam_before)  # the pixel share is untouched
+
+
+# ------------------------------------------------------------------------------------- every method in the trainer
+def backbone_for(entry: openmix.MixerEntry) -> dict:
+    """A backbone that can give what the mixer needs: a ViT for class-token attention, else a small CNN."""
+    return VIT if "attention" in entry.requires else CNN
+
+
+@pytest.mark.parametrize("name", [n for n in openmix.list_mixers() if not openmix.get_mixer_entry(n).learned])
+def test_every_method_trains_through_the_hook_points(name):
+    """One training step of every registered method with its paper defaults: a finite loss, gradients in the
+    network, and the label weights the loss used summing to what the method declares (pixel shares sum to 1)."""
+    entry = openmix.get_mixer_entry(name)
+    model = MixClassifier(
+        **backbone_for(entry), mixer=name, mixer_kwargs={"mode": "elem"} if "mode" in entry.defaults else None
+    )
+    x, y = batch(6, seed=3)
+    used = {}
+    original = model.objective.forward
+    model.objective.forward = lambda logits, mix, *rest: used.setdefault("mix", mix) and original(logits, mix, *rest)
+    for step in range(3):  # several draws: stages, branches, boxes
+        used.clear()
+        loss = model.training_step((x, y), step)
+        assert bool(torch.isfinite(loss))
+        loss.backward()
+        mix = used["mix"]
+        assert mix.lam.shape == (6,) and bool(((mix.lam >= 0) & (mix.lam <= 1)).all())
+        if mix.label_weights is None:
+            torch.testing.assert_close(mix.label_weight_matrix().sum(dim=1), torch.ones(6))
+    assert all(p.grad is not None for p in model.network.parameters() if p.requires_grad)
