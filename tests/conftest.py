@@ -80,3 +80,37 @@ def partner_pixels(mixer: nn.Module, x: torch.Tensor, out: openmix.MixOutput) ->
 @pytest.fixture
 def generator() -> torch.Generator:
     return torch.Generator().manual_seed(1234)
+
+
+# the model config each dataset family's mixer configs stack onto: a ViT for methods that need class-token attention
+MODEL_CONFIGS = {
+    "cifar": ("model/cifar_resnet18.yaml", "model/cifar_deit_tiny.yaml"),
+    "imagenet": ("model/imagenet_resnet50.yaml", "model/imagenet_deit_small.yaml"),
+    "fashion_mnist": ("model/resnet_tiny_fmnist.yaml", "model/vit_tiny_fmnist.yaml"),
+    "tiny_imagenet": ("model/tiny_imagenet_resnet18.yaml", None),
+}
+
+
+def mixer_class_of(config) -> type | None:
+    """The mixer class a config file sets (a class_path or a registered name), or None."""
+    import importlib
+
+    import yaml
+
+    spec = ((yaml.safe_load(open(config)) or {}).get("model") or {}).get("init_args", {}).get("mixer")
+    if isinstance(spec, str):
+        return openmix.get_mixer_entry(spec).cls
+    if isinstance(spec, dict):
+        module, _, name = spec["class_path"].rpartition(".")
+        return getattr(importlib.import_module(module), name)
+    return None
+
+
+def model_config_for(config) -> str:
+    """The model config (relative to configs/) a mixer config of ``configs/mixers/<family>/`` is meant for: chosen
+    by what the mixer needs, never by its name."""
+    from pathlib import Path
+
+    cnn, vit = MODEL_CONFIGS[Path(config).parent.name]
+    cls = mixer_class_of(config)
+    return vit if cls is not None and "attention" in cls.requires else cnn

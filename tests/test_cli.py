@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import model_config_for
 
 from openmix.cli import main, run_lightning
 from openmix.lightning import MixClassifier
@@ -48,6 +49,8 @@ def test_every_config_file_instantiates(config, tmp_path):
         assert load_grid(config).runs()
         return
     args = ["--config", str(config), f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false"]
+    if "mixers" in config.parts:  # on the model it is meant for (a ViT for attention-labelled methods)
+        args = ["--config", str(ROOT / "configs" / model_config_for(config)), *args]
     if "trainer" in config.parts:  # accelerators this machine may lack: check the keys, not the hardware
         args += ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strategy=auto"]
     built = run_lightning(args, run=False)
@@ -67,8 +70,8 @@ def test_print_config_shows_the_defaults():
     typed = ("--model.init_args.mixer=openmix.mixers.CutMix", "--model.init_args.mixer.alpha=0.3")
     printed = yaml.safe_load(cli("fit", *typed, "--print_config").stdout)
     mixer = printed["model"]["init_args"]["mixer"]  # a typed mixer shows every argument of its class
-    assert mixer == {"class_path": "openmix.mixers.CutMix",
-                     "init_args": {"alpha": 0.3, "minmax": None, "mode": "batch", "pairing": "random", "inplace": False}}  # fmt: skip
+    arguments = {"alpha": 0.3, "minmax": None, "mode": "batch", "pairing": "random", "inplace": False}
+    assert mixer == {"class_path": "openmix.mixers.CutMix", "init_args": arguments}
     assert printed["model"]["class_path"] == "openmix.lightning.MixClassifier"
     assert printed["model"]["init_args"]["optimizer"]["class_path"] == "openmix.lightning.SGD"
     assert printed["data"]["class_path"] == "openmix.data.FashionMNISTData"
@@ -276,6 +279,21 @@ def test_show_uses_each_mixers_own_mode():
     out = mix_with("cutmix", images, labels, None, seed=0)
     assert out.mask.shape[0] == 1  # cutmix's own default is one box per batch
     assert mix_with("cutmix", images, labels, "elem", seed=0).mask.shape[0] == 4
+
+
+def test_show_draws_every_method_that_is_not_learned():
+    """Every registered method draws, its needs computed by the stand-in network through the trainer's function."""
+    import matplotlib.pyplot as plt
+    import torch
+
+    import openmix
+    from openmix.viz import render_grid
+
+    names = [name for name in openmix.list_mixers() if not openmix.get_mixer_entry(name).learned]
+    images, labels = torch.rand(3, 1, 16, 16, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 2])
+    figure = render_grid(images, labels, names, mode="elem", seed=0)
+    assert len(figure.axes) == 3 * len(names)
+    plt.close(figure)
 
 
 def test_bench_dry_run_prints_commands_a_shell_can_run(tmp_path):

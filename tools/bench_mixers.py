@@ -1,8 +1,14 @@
 """Speed benchmark of every registered openmix mixer against a memory floor, timm and torchvision.
 
-What it measures: the wall time of one mixer call on a float batch (images only; no model, no loss), for every
+What it measures: the wall time of one mixer call (``forward`` only; no model, no loss) on a float batch, for every
 name in ``openmix.list_mixers()``, in ``mode="batch"`` and ``mode="elem"`` with ``inplace=False``, and in batch
-mode with ``inplace=True``. Three kinds of reference are timed in the same run:
+mode with ``inplace=True``. Mixers that act on the images (hook ``inputs``) are timed on the images; mixers that act
+on hidden states (hook ``features``) are timed on a hidden state of the size a ResNet-18's last stage gives for those
+images (``feature_shape``), with a memory floor of that size, since that is where their own work (AlignMix's
+optimal transport) happens; at stage 0 they interpolate the images (``align_input=False``: no alignment). The other
+hook points (``targets``: TransMix / TokenMix's attention re-weighting, ``loss``) are not timed here; what a mixer
+``requires`` (CAMs, saliency, a network) is computed outside the clock (``mixer_inputs``). Three kinds of reference
+are timed in the same run:
 
 - the memory floor ``torch.lerp(x, x.index_select(0, perm), w, out=buf)`` (buffer preallocated, ``perm`` drawn
   outside the clock): any random-pairing mixup has to gather the partners and write one output;
@@ -57,6 +63,8 @@ DEFAULT_SHAPES = "128x3x224x224,256x3x32x32"
 QUICK_SHAPES = "16x3x64x64,32x3x32x32"
 DEFAULT_OUT = Path("docs/benchmarks/mixers.md")
 FLOOR = "floor: lerp(x, x[perm])"
+FEATURE_CHANNELS = 512  # a ResNet-18's last stage
+FEATURE_MIXERS = [name for name in openmix.list_mixers() if "features" in openmix.get_mixer_entry(name).hooks]
 TIMM_LABELS = {"mixup": "timm Mixup(mixup)", "cutmix": "timm Mixup(cutmix)"}
 TORCHVISION_LABELS = {"mixup": "torchvision v2.MixUp", "cutmix": "torchvision v2.CutMix"}
 # openmix mixer -> the reference family it is compared with (timm and torchvision implement only these two)
@@ -70,6 +78,14 @@ NOTES = (
     "timm's Mixup works in place and needs an even batch (odd batches skip it); timm and torchvision also return "
     f"(B, {NUM_CLASSES}) soft targets, openmix returns label pairs and lambdas.",
     "Every case's input is restored from a pristine copy outside the timed region before each call.",
+    "Only forward is timed: for transmix and tokenmix the attention re-weighting of the labels (hook targets, after "
+    "the forward pass) is not included; snapmix's class activation maps come from the stand-in network outside the "
+    "clock. tokenmix keeps its paper patch size (16 px): a 14 x 14 token grid at 224 px, a 2 x 2 one at 32 px.",
+    f"Feature-level mixers (hook features: {', '.join(FEATURE_MIXERS)}) are timed on a hidden state of the size a "
+    "ResNet-18's last stage gives, (B, 512, H/32, W/32) for images of 128 px and more (ImageNet stem) and "
+    "(B, 512, H/8, W/8) below (CIFAR stem), with a floor of that size: that is where AlignMix aligns (its Sinkhorn "
+    "plan is (h w) x (h w) per sample; on the images themselves it would be 50176 x 50176 at 224 px). At stage 0 "
+    "(the images) they interpolate the images (AlignMix without alignment, align_input=False), as mixup does.",
 )
 
 
@@ -244,12 +260,14 @@ def torchvision_cases(batch: Batch) -> list[Case]:
     return cases
 
 
-def build_cases(batch: Batch, mixer_names: list[str], seed: int) -> list[Case]:
-    """Every openmix (mixer, mode, inplace) combination plus the references, each probed once."""
+def build_cases(batch: Batch, mixer_names: list[str], seed: int, references: bool = True) -> list[Case]:
+    """Every openmix (mixer, mode, inplace) combination plus the floor and (on images) timm and torchvision, each
+    probed once."""
     candidates: list[Case | None] = [floor_case(batch)]
     for name in mixer_names:
         candidates += [openmix_case(name, mode, inplace, batch, seed) for mode in MODES for inplace in (False, True)]
-    candidates += timm_cases(batch) + torchvision_cases(batch)
+    if references:
+        candidates += timm_cases(batch) + torchvision_cases(batch)
     return [case for case in candidates if case is not None and probe(case, batch)]
 
 
@@ -425,18 +443,50 @@ def target_shape(results: list[dict[str, Any]]) -> dict[str, Any]:
 def report(env: dict[str, Any], results: list[dict[str, Any]], checks: list[dict[str, Any]], shape: str) -> str:
     lines = header_lines(env)
     for result in results:
-        lines += ["", f"## {shape_text(result['shape'])} float32", "", *markdown_table(result["rows"])]
+        title = f"## {shape_text(result['shape'])} float32"
+        if result["input"] == "features":
+            title += f": feature-level mixers on the hidden state of {shape_text(result['image_shape'])} images"
+        lines += ["", title, "", *markdown_table(result["rows"])]
         lines += [f"- skipped: {reason}" for reason in result["skipped"]]
     note = "" if shape.endswith("224x224") else " (224x224 was not run: these are NOT the reference numbers)"
     lines += ["", f"## Targets, on {shape}{note}", "", *check_lines(checks)]
     return "\n".join(lines) + "\n"
 
 
-def bench_shape(shape: tuple[int, int, int, int], args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
-    batch = make_batch(shape, device, args.seed)
-    cases = build_cases(batch, args.mixers, args.seed)
-    times = time_rounds(cases, args.repeats, args.warmup, device, args.seed)
-    return {"shape": list(shape), "rows": summarise(cases, times), "times_ms": times, "skipped": batch.skipped}
+def feature_shape(shape: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    """The hidden state a ResNet-18's last stage gives for images of ``shape``: (B, 512, H/32, W/32) from 128 px
+    (ImageNet stem), (B, 512, H/8, W/8) below (CIFAR stem: 4 x 4 at 32 px)."""
+    batch, _, height, width = shape
+    stride = 32 if min(height, width) >= 128 else 8
+    return batch, FEATURE_CHANNELS, max(1, height // stride), max(1, width // stride)
+
+
+def acts_on_features(name: str) -> bool:
+    """Whether a mixer mixes hidden states (its declared hook ``features``)."""
+    return "features" in openmix.get_mixer_entry(name).hooks
+
+
+def bench_shape(
+    shape: tuple[int, int, int, int], args: argparse.Namespace, device: torch.device
+) -> list[dict[str, Any]]:
+    """The results on images of ``shape`` and, for the feature-level mixers, on the hidden state of that size."""
+    results = []
+    on_images = [name for name in args.mixers if not acts_on_features(name)]
+    on_features = [name for name in args.mixers if acts_on_features(name)]
+    for tensor_shape, names, input_kind in (
+        (shape, on_images, "images"),
+        (feature_shape(shape), on_features, "features"),
+    ):
+        if input_kind == "features" and not names:
+            continue
+        batch = make_batch(tensor_shape, device, args.seed)
+        cases = build_cases(batch, names, args.seed, references=input_kind == "images")
+        times = time_rounds(cases, args.repeats, args.warmup, device, args.seed)
+        result = {"shape": list(tensor_shape), "input": input_kind, "rows": summarise(cases, times)}
+        if input_kind == "features":
+            result["image_shape"] = list(shape)
+        results.append({**result, "times_ms": times, "skipped": batch.skipped})
+    return results
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -447,8 +497,8 @@ def main(argv: list[str] | None = None) -> None:
     np.random.seed(args.seed)  # timm draws from the global NumPy RNG
     device = torch.device(args.device)
     env = environment(args, device)
-    results = [bench_shape(shape, args, device) for shape in args.shapes]
-    chosen = target_shape(results)
+    results = [result for shape in args.shapes for result in bench_shape(shape, args, device)]
+    chosen = target_shape([result for result in results if result["input"] == "images"])
     checks = target_checks(chosen["rows"])
     text = report(env, results, checks, shape_text(chosen["shape"]))
     print(text, end="")

@@ -1,44 +1,72 @@
-"""Training-step throughput: MixClassifier under Lightning against a bare PyTorch loop with timm's Mixup, and the
-cost of an AutoMix step against a mixup step.
+"""Training-step cost of every registered mixer against a mixup step, and of MixClassifier's mixup step against a
+bare PyTorch loop with timm's Mixup.
 
-Both sides train the same timm model (same architecture, same initial weights) on the same in-memory batches
-with SGD and a mixed soft-target cross entropy: openmix through ``Trainer.fit`` (mixer ``mixup``, the default
-warm-up + cosine schedule, a CSV logger, as a user runs it), the reference as a ten-line loop around
-``timm.data.Mixup`` and ``timm.loss.SoftTargetCrossEntropy``. Each run trains ``--steps`` steps after
-``--warmup`` untimed ones; runs alternate (ours, theirs, AutoMix, ours, ...) so machine noise hits all alike, and
-each ratio is computed per round and then medianed. The AutoMix rows train ``AutoMixClassifier`` (Mix Block,
-momentum network, clean one-hot loss) on the same backbone and batches; their cost is mixup's images/s over
-AutoMix's, with the clean one-hot loss (the default) and without it (``clean_loss_weight=0``).
+Every run trains a timm model (same architecture and initial weights per backbone) on the same in-memory batches
+with SGD, through ``Trainer.fit`` as a user runs it (the default warm-up + cosine schedule, a CSV logger), and times
+``--steps`` training steps after ``--warmup`` untimed ones (data fetch and logging included). What each run
+builds is read from the mixer's declared capabilities, never from its name:
+
+- the backbone: a ViT (``VIT``) when the mixer ``requires`` class-token ``attention``, else the CNN (``CNN``);
+- the module class: the one named by ``trained_by`` (a dotted path, imported) when the mixer is ``learned``, else
+  ``MixClassifier``;
+- a mixer whose constructor takes ``patch_size`` gets the ViT's, so its token grid is the network's.
+
+The reference of each method is ``MixClassifier`` with ``mixup`` on the *same* backbone and batches; a method's
+cost is its step time over that mixup step time (computed per round, then medianed). The ``mixup`` step on the
+CNN is also compared with a ten-line loop around ``timm.data.Mixup`` and ``timm.loss.SoftTargetCrossEntropy``
+(ratio of images/s, ours over the loop's). Each round runs every case once, in a shuffled order (seeded), so machine
+noise hits all of them alike.
 
 Reproduce (from the repository root)::
 
-    PYTHONPATH=. python tools/bench_train.py                      # writes docs/benchmarks/train.md
-    PYTHONPATH=. python tools/bench_train.py --quick              # smoke test
+    PYTHONPATH=. python tools/bench_train.py --variant automix:clean_loss_weight=0   # docs/benchmarks/train.md
+    PYTHONPATH=. python tools/bench_train.py --quick --mixers cutmix,transmix          # smoke test (temp dir)
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import importlib
+import json
+import math
+import os
+import platform
+import random
 import shlex
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import timm
 import torch
+import yaml
 from lightning.pytorch.callbacks import Callback
 from timm.data import Mixup as TimmMixup
 from timm.loss import SoftTargetCrossEntropy
 from torch.utils.data import DataLoader
 
-from openmix.lightning import AutoMixClassifier, MixClassifier
+import openmix
+from openmix.lightning import MixClassifier
 
-MODEL = {"backbone": "resnet18", "cifar_stem": True, "backbone_kwargs": {"channels": (32, 64, 128, 256)}}
+REFERENCE = "mixup"  # the step every method is compared with, on its own backbone
+NUM_CLASSES = 10
+CNN = {"backbone": "resnet18", "cifar_stem": True, "backbone_kwargs": {"channels": (32, 64, 128, 256)}}
+VIT_PATCH = 4
+VIT = {"backbone": "vit_tiny_patch16_224", "backbone_kwargs": {"patch_size": VIT_PATCH}}  # img_size: the batch's
+QUICK_VIT = {"depth": 2, "embed_dim": 32, "num_heads": 2}  # --quick: a smaller ViT, for a smoke test
+RATIO_TARGET = 0.95  # openmix mixup step images/s over the bare loop's
+LEARNED_COST_TARGET = 2.2  # a learned mixer's step (Mix Block + momentum network) against a mixup step
+DEFAULT_OUT = Path("docs/benchmarks/train.md")
+BARE = "bare loop + timm Mixup"
+BARE_KEY = "bare|cnn"
 
 
 class StepTimer(Callback):
@@ -59,18 +87,33 @@ class StepTimer(Callback):
         self.steps = batch_idx + 1 - self.warmup
 
 
+@dataclass
+class Case:
+    """One timed run: ``build`` returns a fresh copy of what it trains, ``run`` times it (seconds per step)."""
+
+    key: str
+    label: str
+    backbone: str
+    module: str
+    hooks: tuple[str, ...]
+    requires: tuple[str, ...]
+    learned: bool
+    build: Callable[[], Any]
+    run: Callable[[Any], float]
+    times: list[float] = field(default_factory=list)
+
+
 def make_batches(args: argparse.Namespace) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator().manual_seed(args.seed)
     shape = (args.batch_size, 3, args.size, args.size)
-    count = args.steps + args.warmup
     return [
-        (torch.randn(shape, generator=generator), torch.randint(0, 10, (shape[0],), generator=generator))
-        for _ in range(count)
+        (torch.randn(shape, generator=generator), torch.randint(0, NUM_CLASSES, (shape[0],), generator=generator))
+        for _ in range(args.steps + args.warmup)
     ]
 
 
-def run_openmix(module: MixClassifier, batches: list, warmup: int) -> float:
-    """Images per second of Trainer.fit over ``batches`` (one epoch)."""
+def run_lightning(module: L.LightningModule, batches: list, warmup: int) -> float:
+    """Seconds per timed training step of ``Trainer.fit`` over ``batches`` (one epoch)."""
     timer = StepTimer(warmup)
     with tempfile.TemporaryDirectory() as log_dir:
         trainer = L.Trainer(
@@ -85,12 +128,12 @@ def run_openmix(module: MixClassifier, batches: list, warmup: int) -> float:
             limit_val_batches=0,
         )
         trainer.fit(module, DataLoader(batches, batch_size=None))
-    return timer.steps * batches[0][0].shape[0] / (timer.end - timer.start)
+    return (timer.end - timer.start) / timer.steps
 
 
-def run_reference(model: torch.nn.Module, batches: list, warmup: int) -> float:
-    """Images per second of a bare loop with timm's Mixup (alpha 1, batch mode) and SGD."""
-    mixup = TimmMixup(mixup_alpha=1.0, cutmix_alpha=0.0, label_smoothing=0.0, num_classes=10)
+def run_bare(model: torch.nn.Module, batches: list, warmup: int) -> float:
+    """Seconds per timed step of a bare loop with timm's Mixup (alpha 1, batch mode) and SGD."""
+    mixup = TimmMixup(mixup_alpha=1.0, cutmix_alpha=0.0, label_smoothing=0.0, num_classes=NUM_CLASSES)
     criterion = SoftTargetCrossEntropy()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     model.train()
@@ -103,79 +146,322 @@ def run_reference(model: torch.nn.Module, batches: list, warmup: int) -> float:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    return (len(batches) - warmup) * batches[0][0].shape[0] / (time.perf_counter() - start)
+    return (time.perf_counter() - start) / (len(batches) - warmup)
 
 
-def measure(args: argparse.Namespace) -> dict[str, list[float]]:
+def import_dotted(path: str) -> type:
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def backbone_of(cls: type) -> str:
+    """The backbone a mixer class can be trained on: a ViT when it needs class-token attention, else the CNN."""
+    return "vit" if "attention" in getattr(cls, "requires", ()) else "cnn"
+
+
+def module_class_of(cls: type) -> type:
+    """The module that trains a mixer class: the one its ``trained_by`` names when it is learned."""
+    if getattr(cls, "learned", False):
+        if not getattr(cls, "trained_by", None):
+            raise ValueError(f"{cls.__name__} is learned but names no module class (trained_by)")
+        return import_dotted(cls.trained_by)
+    return MixClassifier
+
+
+def model_kwargs(backbone: str, args: argparse.Namespace) -> dict[str, Any]:
+    """MixClassifier's backbone arguments: the CNN, or the ViT at the batch's image size."""
+    if backbone == "cnn":
+        return copy.deepcopy(CNN)
+    kwargs = copy.deepcopy(VIT)
+    kwargs["backbone_kwargs"].update(img_size=args.size, **args.vit_kwargs)
+    return kwargs
+
+
+def backbone_text(args: argparse.Namespace) -> dict[str, str]:
+    def describe(kwargs: dict[str, Any]) -> str:
+        extra = ", ".join(f"{key}={value}" for key, value in kwargs.get("backbone_kwargs", {}).items())
+        return f"timm {kwargs['backbone']}" + (" with CIFAR stem" if kwargs.get("cifar_stem") else "") + f" ({extra})"
+
+    return {backbone: describe(model_kwargs(backbone, args)) for backbone in ("cnn", "vit")}
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
+    """``"automix:clean_loss_weight=0,momentum=0.99"`` -> ("automix", {"clean_loss_weight": 0, "momentum": 0.99})."""
+    name, sep, rest = text.partition(":")
+    if not sep or not rest:
+        raise argparse.ArgumentTypeError(f"a variant is NAME:key=value[,key=value], got {text!r}")
+    kwargs = {}
+    for item in rest.split(","):
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise argparse.ArgumentTypeError(f"a variant is NAME:key=value[,key=value], got {text!r}")
+        kwargs[key.strip()] = yaml.safe_load(value)
+    return name.strip().lower(), kwargs
+
+
+def mixer_case(
+    name: str, batches: list, args: argparse.Namespace, extra: dict[str, Any] | None = None, backbone: str | None = None
+) -> Case:
+    """The training run of one registered mixer (module kwargs ``extra`` for a variant), built by capability; an
+    explicit ``backbone`` overrides the one its needs choose (the mixup reference runs on every backbone)."""
+    entry = openmix.get_mixer_entry(name)
+    backbone = backbone or backbone_of(entry.cls)
+    module_cls = module_class_of(entry.cls)
+    kwargs: dict[str, Any] = {"num_classes": NUM_CLASSES, "in_chans": 3, "mixer": name}
+    kwargs.update(model_kwargs(backbone, args))
+    if backbone == "vit" and "patch_size" in entry.defaults:  # the mixer's token grid is the ViT's patch grid
+        kwargs["mixer_kwargs"] = {"patch_size": VIT_PATCH}
+    kwargs.update(extra or {})
+    torch.manual_seed(args.seed)  # the same initial weights for every run on a backbone
+    template = module_cls(**kwargs)
+    label = name + (" (" + ", ".join(f"{k}={v}" for k, v in extra.items()) + ")" if extra else "")
+    return Case(
+        key=f"{label}|{backbone}",
+        label=label,
+        backbone=backbone,
+        module=module_cls.__name__,
+        hooks=entry.hooks,
+        requires=entry.requires,
+        learned=entry.learned,
+        build=lambda: copy.deepcopy(template),
+        run=lambda module: run_lightning(module, batches, args.warmup),
+    )
+
+
+def build_cases(args: argparse.Namespace, batches: list) -> tuple[list[Case], list[str]]:
+    """The mixup reference on each backbone in use, the bare loop, and every requested mixer (and variant)."""
+    skipped: list[str] = []
+    wanted = [(name, None) for name in args.mixers] + list(args.variant)
+    backbones = sorted({backbone_of(openmix.get_mixer_entry(name).cls) for name, _ in wanted} | {"cnn"})
+    cases = {case.key: case for case in (mixer_case(REFERENCE, batches, args, backbone=b) for b in backbones)}
+    cnn_reference = cases[f"{REFERENCE}|cnn"]
+    cases[BARE_KEY] = Case(
+        key=BARE_KEY,
+        label=BARE,
+        backbone="cnn",
+        module="(plain loop)",
+        hooks=(),
+        requires=(),
+        learned=False,
+        build=lambda: cnn_reference.build().network,
+        run=lambda network: run_bare(network, batches, args.warmup),
+    )
+    for name, extra in wanted:
+        try:
+            case = mixer_case(name, batches, args, extra)
+        except (TypeError, ValueError) as error:
+            skipped.append(f"{name}{' ' + str(extra) if extra else ''}: {type(error).__name__}: {error}")
+            continue
+        cases.setdefault(case.key, case)  # the mixup reference itself is not run twice
+    return list(cases.values()), skipped
+
+
+def measure(args: argparse.Namespace) -> tuple[list[Case], list[str]]:
     batches = make_batches(args)
-    torch.manual_seed(0)
-    template = MixClassifier(num_classes=10, in_chans=3, mixer="mixup", **MODEL)
-    automix = AutoMixClassifier(num_classes=10, in_chans=3, **MODEL)
-    automix_no_clean = AutoMixClassifier(num_classes=10, in_chans=3, clean_loss_weight=0.0, **MODEL)
-    results: dict[str, list[float]] = {key: [] for key in ("openmix", "reference", "automix", "automix_no_clean")}
-    for _ in range(args.repeats):
-        results["openmix"].append(run_openmix(copy.deepcopy(template), batches, args.warmup))
-        results["reference"].append(run_reference(copy.deepcopy(template.network), batches, args.warmup))
-        results["automix"].append(run_openmix(copy.deepcopy(automix), batches, args.warmup))
-        results["automix_no_clean"].append(run_openmix(copy.deepcopy(automix_no_clean), batches, args.warmup))
-    results["ratio"] = [ours / theirs for ours, theirs in zip(results["openmix"], results["reference"])]
-    results["automix_cost"] = [mixup / auto for mixup, auto in zip(results["openmix"], results["automix"])]
-    results["automix_no_clean_cost"] = [
-        mixup / auto for mixup, auto in zip(results["openmix"], results["automix_no_clean"])
-    ]
-    return results
+    cases, skipped = build_cases(args, batches)
+    order_rng = random.Random(args.seed)
+    failed: set[str] = set()
+    for round_index in range(args.repeats):
+        order = list(cases)
+        order_rng.shuffle(order)
+        for case in order:
+            if case.key in failed:
+                continue
+            try:
+                case.times.append(case.run(case.build()))
+            except Exception as error:  # noqa: BLE001  (one failing method must not stop the benchmark)
+                failed.add(case.key)
+                skipped.append(f"{case.label} ({case.backbone}): {type(error).__name__}: {error}")
+        print(f"round {round_index + 1}/{args.repeats} done", file=sys.stderr, flush=True)
+    return [case for case in cases if case.key not in failed], skipped
 
 
-def report(args: argparse.Namespace, results: dict[str, list[float]]) -> str:
-    ratio = statistics.median(results["ratio"])
-    cost = statistics.median(results["automix_cost"])
+def per_round(numerator: list[float], denominator: list[float]) -> list[float]:
+    return [a / b for a, b in zip(numerator, denominator, strict=True)]
+
+
+def summarise(cases: list[Case], args: argparse.Namespace) -> dict[str, Any]:
+    by_key = {case.key: case for case in cases}
+    rows = []
+    for case in cases:
+        if case.key == BARE_KEY:
+            continue
+        reference = by_key.get(f"{REFERENCE}|{case.backbone}")
+        costs = per_round(case.times, reference.times) if reference else None
+        rows.append(
+            {
+                "method": case.label,
+                "backbone": case.backbone,
+                "module": case.module,
+                "hooks": list(case.hooks),
+                "requires": list(case.requires),
+                "learned": case.learned,
+                "step_ms": [t * 1e3 for t in case.times],
+                "median_step_ms": statistics.median(case.times) * 1e3,
+                "images_per_s": args.batch_size / statistics.median(case.times),
+                "cost": costs,
+                "median_cost": statistics.median(costs) if costs else None,
+            }
+        )
+    rows.sort(key=lambda row: (row["backbone"], row["method"] != REFERENCE, row["method"]))
+    ours, bare = by_key.get(f"{REFERENCE}|cnn"), by_key.get(BARE_KEY)
+    ratio = per_round(bare.times, ours.times) if ours and bare else None  # images/s ours over the loop's
+    return {
+        "rows": rows,
+        "bare_loop": {"step_ms": [t * 1e3 for t in bare.times]} if bare else None,
+        "ratio_openmix_over_bare": ratio,
+        "median_ratio": statistics.median(ratio) if ratio else None,
+    }
+
+
+def cpu_model() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def environment(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "command": shlex.join(["python", "tools/bench_train.py", *args.argv]),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "load_average_start": [round(v, 2) for v in os.getloadavg()],
+        "versions": {"torch": torch.__version__, "timm": timm.__version__, "lightning": L.__version__},
+        "openmix": openmix.__version__,
+        "batch": [args.batch_size, 3, args.size, args.size],
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "repeats": args.repeats,
+        "seed": args.seed,
+        "backbones": backbone_text(args),
+    }
+
+
+def fmt_cost(value: float | None) -> str:
+    return "" if value is None or not math.isfinite(value) else f"{value:.2f}x"
+
+
+def report(env: dict[str, Any], summary: dict[str, Any], skipped: list[str]) -> str:
+    versions = ", ".join(f"{name} {version}" for name, version in env["versions"].items())
+    batch = " x ".join(str(v) for v in env["batch"])
     lines = [
-        "# Training-step throughput: MixClassifier vs a bare PyTorch loop with timm's Mixup",
+        "# Training-step cost: every mixer against a mixup step, and MixClassifier against a bare timm loop",
         "",
-        f"- command: `{' '.join(shlex.quote(a) for a in ['python', 'tools/bench_train.py', *sys.argv[1:]])}`",
-        f"- date (UTC): {datetime.now(timezone.utc).isoformat(timespec='seconds')}",
-        f"- torch {torch.__version__}, timm {timm.__version__}, lightning {L.__version__}; "
-        f"{torch.get_num_threads()} CPU threads",
-        f"- model: timm resnet18, CIFAR stem, channels (32, 64, 128, 256); batch {args.batch_size} x 3 x "
-        f"{args.size} x {args.size}; {args.steps} timed steps after {args.warmup}; {args.repeats} alternating pairs",
+        f"- command: `{env['command']}`",
+        f"- date (UTC): {env['date']}",
+        f"- {versions}, openmix {env['openmix']}",
+        f"- machine: CPU {env['cpu']}, {env['cpu_count']} cores; torch threads: {env['threads']}; load average "
+        f"(1, 5, 15 min) at the start {tuple(env['load_average_start'])}, at the end {tuple(env['load_average_end'])}",
+        f"- batch {batch}, {NUM_CLASSES} classes; {env['steps']} timed steps after {env['warmup']} untimed ones per "
+        f"run; {env['repeats']} rounds, each running every case once in a shuffled order; seed {env['seed']}",
+        f"- backbones: CNN = {env['backbones']['cnn']}; ViT = {env['backbones']['vit']}",
         "",
-        "| run | images/s (median) |",
-        "|---|---:|",
-        f"| openmix MixClassifier + mixup (Lightning) | {statistics.median(results['openmix']):.1f} |",
-        f"| bare loop + timm Mixup | {statistics.median(results['reference']):.1f} |",
-        f"| openmix AutoMixClassifier (Mix Block + momentum network + clean loss) | "
-        f"{statistics.median(results['automix']):.1f} |",
-        f"| openmix AutoMixClassifier without the clean one-hot loss | "
-        f"{statistics.median(results['automix_no_clean']):.1f} |",
+        "Each run is `Trainer.fit` on the same in-memory batches (data fetch and logging included in the step). The "
+        "backbone and the module class come from the mixer's declared capabilities: a mixer that `requires` "
+        "`attention` is trained on the ViT, a `learned` one by the module class its `trained_by` names. **cost** = "
+        f"the method's step time / the `{REFERENCE}` step time on the same backbone, per round, then the median "
+        "(1.00x: as cheap as mixup). Feature-level mixers (hook `features`) mix at the stage each step draws; the "
+        "draws are seeded, so every round sees the same stages. A mixer whose constructor takes `patch_size` gets the "
+        "ViT's. Variants (`--variant NAME:key=value`) pass extra module arguments.",
         "",
-        f"Ratio (ours / reference, per round, median): **{ratio:.3f}** "
-        f"({'pass' if ratio >= 0.95 else 'FAIL'}: target >= 0.95). Per round: "
-        + ", ".join(f"{r:.3f}" for r in results["ratio"]),
-        "",
-        f"AutoMix step cost (mixup images/s over AutoMix images/s, per round, median): **{cost:.2f}x** "
-        f"({'pass' if cost <= 2.2 else 'FAIL'}: target <= 2.2x); without the clean one-hot loss: "
-        f"{statistics.median(results['automix_no_clean_cost']):.2f}x.",
+        "| method | backbone | module | hooks | requires | step ms (median) | images/s | cost vs mixup (median) | "
+        "per round |",
+        "|---|---|---|---|---|---:|---:|---:|---|",
     ]
+    for row in summary["rows"]:
+        rounds = ", ".join(f"{c:.2f}" for c in row["cost"]) if row["cost"] else ""
+        lines.append(
+            f"| {row['method']} | {row['backbone']} | {row['module']} | {', '.join(row['hooks'])} | "
+            f"{', '.join(row['requires']) or '-'} | {row['median_step_ms']:.1f} | {row['images_per_s']:.1f} | "
+            f"**{fmt_cost(row['median_cost'])}** | {rounds} |"
+        )
+    lines += [f"- skipped: {reason}" for reason in skipped]
+    lines += ["", "## MixClassifier + mixup against a bare PyTorch loop with timm's Mixup (CNN)", ""]
+    ratio = summary["median_ratio"]
+    ours = next((r for r in summary["rows"] if r["method"] == REFERENCE and r["backbone"] == "cnn"), None)
+    if ratio is not None and ours is not None:
+        bare_ms = statistics.median(summary["bare_loop"]["step_ms"])
+        lines += [
+            "| run | step ms (median) | images/s |",
+            "|---|---:|---:|",
+            f"| openmix MixClassifier + mixup (Lightning) | {ours['median_step_ms']:.1f} | "
+            f"{ours['images_per_s']:.1f} |",
+            f"| {BARE} | {bare_ms:.1f} | {env['batch'][0] / bare_ms * 1e3:.1f} |",
+            "",
+            f"Ratio (ours / reference images/s, per round, median): **{ratio:.3f}** "
+            f"({'pass' if ratio >= RATIO_TARGET else 'FAIL'}: target >= {RATIO_TARGET}). Per round: "
+            + ", ".join(f"{r:.3f}" for r in summary["ratio_openmix_over_bare"]),
+        ]
+    learned = [row for row in summary["rows"] if row["learned"] and row["median_cost"] is not None]
+    if learned:
+        lines += ["", f"## Targets for learned mixers (cost <= {LEARNED_COST_TARGET}x a mixup step)", ""]
+        lines += [
+            f"- {'pass' if row['median_cost'] <= LEARNED_COST_TARGET else 'FAIL'}: {row['method']} "
+            f"({row['module']}) = {row['median_cost']:.2f}x"
+            for row in learned
+        ]
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mixers", help="comma-separated subset of openmix.list_mixers() (default: all)")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        type=parse_variant,
+        default=[],
+        help="NAME:key=value[,key=value]: also time mixer NAME with these module arguments (repeatable)",
+    )
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--size", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--out", type=Path, default=Path("docs/benchmarks/train.md"))
-    parser.add_argument("--quick", action="store_true", help="tiny run for a smoke test (output in the temp dir)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--size", type=int, default=32, help="image side in pixels (the ViT's img_size too)")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per run")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per run before the timed ones")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds (every case once per round)")
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's own choice)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the data, the weights and the round order")
+    parser.add_argument("--out", type=Path, help=f"markdown output; JSON goes next to it (default {DEFAULT_OUT})")
+    parser.add_argument("--quick", action="store_true", help="tiny run for a smoke test (temp dir unless --out)")
+    raw = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(raw)
+    args.argv = list(raw)
+    args.vit_kwargs = {}
     if args.quick:
-        args.batch_size, args.size, args.steps, args.warmup, args.repeats = 8, 16, 3, 1, 1
-        args.out = Path(tempfile.gettempdir()) / "openmix_bench_train.md"
-    text = report(args, measure(args))
+        args.batch_size, args.size, args.steps, args.warmup, args.repeats = 8, 16, 1, 1, 1
+        args.vit_kwargs = dict(QUICK_VIT)
+        args.out = args.out or Path(tempfile.gettempdir()) / "openmix_bench_train.md"
+    args.out = args.out or DEFAULT_OUT
+    args.mixers = args.mixers.split(",") if args.mixers else openmix.list_mixers()
+    unknown = sorted({*args.mixers, *(name for name, _ in args.variant)} - set(openmix.list_mixers()))
+    if unknown:
+        parser.error(f"unknown mixers {unknown}; registered: {openmix.list_mixers()}")
+    if min(args.batch_size, args.size, args.steps, args.repeats) < 1 or args.warmup < 0:
+        parser.error("--batch-size, --size, --steps and --repeats must be >= 1, --warmup >= 0")
+    if args.size % VIT_PATCH:
+        parser.error(f"--size must be a multiple of the ViT patch size {VIT_PATCH}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    env = environment(args)
+    cases, skipped = measure(args)
+    env["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
+    summary = summarise(cases, args)
+    text = report(env, summary, skipped)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
+    payload = {"environment": env, "skipped": skipped, **summary}
+    args.out.with_suffix(".json").write_text(json.dumps(payload, indent=1) + "\n")
     print(text)
+    print(f"wrote {args.out} and {args.out.with_suffix('.json')}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,43 @@
+"""The benchmark tools under tools/ run end to end (smoke tests: tiny shapes, one round)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import openmix
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pick_mixers() -> tuple[str, str]:
+    """A mixer trained on the CNN (needs nothing, not learned) and one trained on the ViT (needs attention),
+    chosen by their declared capabilities."""
+    entries = [openmix.get_mixer_entry(name) for name in openmix.list_mixers() if name != "mixup"]
+    cnn = next(e.name for e in entries if not e.requires and not e.learned and e.hooks == ("inputs",))
+    vit = next(e.name for e in entries if "attention" in e.requires and not e.learned)
+    return cnn, vit
+
+
+def test_bench_train_quick_reports_a_finite_cost_per_mixer(tmp_path):
+    cnn, vit = pick_mixers()
+    out = tmp_path / "train.md"
+    command = [sys.executable, "tools/bench_train.py", "--quick", "--threads", "1", "--mixers", f"{cnn},{vit}"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([*command, "--out", str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = {}
+    for line in out.read_text().splitlines():
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if len(cells) == 9 and cells[0] in (cnn, vit, "mixup"):
+            rows[(cells[0], cells[1])] = float(cells[7].strip("*x"))
+    assert set(rows) == {(cnn, "cnn"), (vit, "vit"), ("mixup", "cnn"), ("mixup", "vit")}
+    assert all(math.isfinite(cost) and cost > 0 for cost in rows.values())
+    assert rows[("mixup", "cnn")] == rows[("mixup", "vit")] == 1.0  # each backbone's own reference
+    payload = json.loads(out.with_suffix(".json").read_text())
+    assert {(row["method"], row["backbone"]) for row in payload["rows"]} == set(rows)
+    assert math.isfinite(payload["median_ratio"])  # the mixup step against the bare timm loop
