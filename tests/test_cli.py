@@ -364,3 +364,9 @@ def test_methods_of_every_hook_point_train_from_the_cli_by_their_short_names(tmp
             "--trainer.limit_val_batches=1", f"--trainer.default_root_dir={root}")  # fmt: skip
         (metrics,) = root.glob("*/version_*/metrics.csv")
         assert "train/loss" in metrics.read_text()
+
+
+def test_a_backbone_that_cannot_give_what_the_mixer_needs_is_one_clear_line(tmp_path):
+    args = ["--model.init_args.mixer=transmix", f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false"]
+    with pytest.raises(SystemExit, match="mixer TransMix needs 'attention', which this backbone cannot give"):
+        run_lightning(args, run=False)

@@ -328,3 +328,26 @@ def test_every_method_trains_through_the_hook_points(name):
         if mix.label_weights is None:
             torch.testing.assert_close(mix.label_weight_matrix().sum(dim=1), torch.ones(6))
     assert all(p.grad is not None for p in model.network.parameters() if p.requires_grad)
+
+
+FEATURE_MIXERS = [n for n in openmix.list_mixers() if "features" in openmix.get_mixer_entry(n).hooks]
+
+
+@pytest.mark.parametrize("backbone", [CNN, VIT], ids=["cnn", "vit"])
+@pytest.mark.parametrize("name", FEATURE_MIXERS)
+def test_hidden_state_mixers_work_on_timm_cnns_and_vits(name, backbone):
+    """At every stage a mixer may draw, on a CNN (stages from feature_info) and a ViT (blocks, (B, N, D) tokens)."""
+    model = MixClassifier(**backbone, mixer=name, mixer_kwargs={"layers": (0, 1, 2)})  # the ViT has 2 blocks
+    x, y = batch(5, seed=1)
+    stages = set()
+    for step in range(12):
+        model.reseed_mixing(step)
+        stage = model.mixer.draw_stage(len(model.feature_stages), model.mixing_generator)
+        stages.add(stage)
+        model.mixer.draw_stage = lambda num_stages, generator=None, stage=stage: stage  # replay the draw
+        model.reseed_mixing(step)
+        logits, _, mix = model.forward_mixed(x, y, model.step_services(x, y))
+        del model.mixer.draw_stage
+        assert logits.shape == (5, 4) and bool(torch.isfinite(logits).all())
+        assert mix.x.dim() == (4 if stage == 0 or backbone is CNN else 3)
+    assert stages == {0, 1, 2}

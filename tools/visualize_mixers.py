@@ -76,9 +76,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"error: {error}")
     images = upsample(images, args.size, args.interpolation)
     # learned mixers (AutoMix) draw nothing meaningful untrained: they are left out unless named
-    names = args.mixers or [
-        n for n in openmix.list_mixers() if not openmix.get_mixer_entry(n).learned
-    ]
+    names = args.mixers or [n for n in openmix.list_mixers() if not openmix.get_mixer_entry(n).learned]
     args.out_dir.mkdir(parents=True, exist_ok=True)
     options = {
         "mode": args.mode,

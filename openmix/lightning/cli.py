@@ -99,9 +99,12 @@ class OpenmixCLI(LightningCLI):
         try:
             super().instantiate_classes()
         except (ValueError, TypeError) as error:
-            root = error
-            while (root.__cause__ or root.__context__) is not None:
-                root = root.__cause__ or root.__context__
+            root = error  # the innermost error the user caused (a `raise ... from None` ends the chain)
+            while True:
+                inner = root.__cause__ or (None if root.__suppress_context__ else root.__context__)
+                if inner is None:
+                    break
+                root = inner
             command = f"openmix {self.subcommand}" if self.subcommand else "openmix"
             raise SystemExit(f"{command}: {type(root).__name__}: {root}") from None
 
