@@ -58,8 +58,16 @@ class WithNeeds(nn.Module):
 
 
 def build_mixer(name: str, **kwargs) -> nn.Module:
-    """``create_mixer``, called with what the mixer needs (see :class:`WithNeeds`) when it needs anything."""
+    """``create_mixer``, called with what the mixer needs (see :class:`WithNeeds`) when it needs anything.
+
+    The contract tests mix images: a hidden-state mixer is set to its stage 0 (the input) as the trainer would after
+    drawing it; what it does on hidden states is tested in its own file and in test_protocol.py."""
+    entry = openmix.get_mixer_entry(name)
+    if "features" in entry.hooks and "layers" in entry.defaults:
+        kwargs.setdefault("layers", (0,))
     mixer = openmix.create_mixer(name, **kwargs)
+    if "features" in mixer.hooks:
+        assert mixer.draw_stage(0) == 0
     return WithNeeds(mixer) if mixer.requires else mixer
 
 

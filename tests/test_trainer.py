@@ -148,10 +148,10 @@ def test_every_training_batch_gets_its_own_draws_under_gradient_accumulation():
             super().__init__(**kwargs)
             self.draws: list[tuple] = []
 
-        def mix(self, x, y, batch_idx=0):
-            out = super().mix(x, y, batch_idx)
+        def forward_mixed(self, x, y, services, with_clean=False):
+            logits, clean_logits, out = super().forward_mixed(x, y, services, with_clean)
             self.draws.append((self.global_step, out.index.tolist(), out.lam.tolist()))
-            return out
+            return logits, clean_logits, out
 
     def run() -> list[tuple]:
         torch.manual_seed(0)
@@ -222,9 +222,8 @@ def test_automix_block_loss_follows_the_sampled_lambda(use_classifier):
 
 def test_soft_targets_use_the_label_weight():
     x, y = batch(4)
-    out = MixOutput(
-        x, torch.tensor([1, 0, 3, 2]), torch.full((4,), 0.5), y, y[[1, 0, 3, 2]], None, torch.full((4,), 0.2)
-    )
+    out = MixOutput(x, torch.tensor([1, 0, 3, 2]), torch.full((4,), 0.5), y, y[[1, 0, 3, 2]], None)
+    out = out.with_label_weights(torch.full((4,), 0.2))
     targets = out.soft_targets(4)
     expected = 0.2 * nn.functional.one_hot(y, 4) + 0.8 * nn.functional.one_hot(y[[1, 0, 3, 2]], 4)
     torch.testing.assert_close(targets, expected.float())

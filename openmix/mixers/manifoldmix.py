@@ -94,7 +94,7 @@ class ManifoldMix(PairMixer):
             stage (a ResNet's layer k). Default (0, 1, 2), the authors' PreActResNet set.
         mode: ``"batch"`` (one lambda, as the paper) or ``"elem"`` (one per sample).
         pairing: ``"random"`` or ``"flip"``.
-        inplace: write the mix into ``x`` (4-d inputs only; hidden states of other ranks are mixed out of place).
+        inplace: write the mix into ``x`` (4-d inputs only: other ranks refuse ``inplace=True`` with a ``ValueError``).
     """
 
     hooks = ("features",)
