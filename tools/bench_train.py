@@ -2,9 +2,10 @@
 bare PyTorch loop with timm's Mixup.
 
 Every run trains a timm model (same architecture and initial weights per backbone) on the same in-memory batches
-with SGD, through ``Trainer.fit`` as a user runs it (the default warm-up + cosine schedule, a CSV logger), and times
-``--steps`` training steps after ``--warmup`` untimed ones (data fetch and logging included). What each run
-builds is read from the mixer's declared capabilities, never from its name:
+with SGD, through ``Trainer.fit`` as a user runs it (the default warm-up + cosine schedule, a CSV logger): it runs
+``--warmup`` untimed steps, then ``--steps`` timed ones, each measured end to end (data fetch and logging included);
+the run's step time is their median. What each run builds is read from the mixer's declared capabilities, never
+from its name:
 
 - the backbone: a ViT (``VIT``) when the mixer ``requires`` class-token ``attention``, else the CNN (``CNN``);
 - the module class: the one named by ``trained_by`` (a dotted path, imported) when the mixer is ``learned``, else
@@ -70,21 +71,26 @@ BARE_KEY = "bare|cnn"
 
 
 class StepTimer(Callback):
-    """Wall time of the training steps after the first ``warmup`` ones (data fetch included, as in the loop)."""
+    """Wall time of each training step after the first ``warmup`` ones, end to end (the interval between the ends
+    of two consecutive steps: data fetch and logging included, as in the loop)."""
 
     def __init__(self, warmup: int):
         self.warmup = warmup
-        self.start = 0.0
-        self.end = 0.0
-        self.steps = 0
+        self.marks: list[float] = []
 
     def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, batch, batch_idx: int) -> None:
         if batch_idx == self.warmup:
-            self.start = time.perf_counter()
+            self.marks = [time.perf_counter()]
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs, batch, batch_idx) -> None:
-        self.end = time.perf_counter()
-        self.steps = batch_idx + 1 - self.warmup
+        if batch_idx >= self.warmup:
+            self.marks.append(time.perf_counter())
+
+
+def step_time(marks: list[float]) -> float:
+    """The median of the step intervals between consecutive ``marks``: a few steps slowed down by another process
+    on the machine do not move it, as they would move the mean."""
+    return statistics.median(b - a for a, b in zip(marks, marks[1:]))
 
 
 @dataclass
@@ -113,7 +119,7 @@ def make_batches(args: argparse.Namespace) -> list[tuple[torch.Tensor, torch.Ten
 
 
 def run_lightning(module: L.LightningModule, batches: list, warmup: int) -> float:
-    """Seconds per timed training step of ``Trainer.fit`` over ``batches`` (one epoch)."""
+    """Seconds per training step of ``Trainer.fit`` over ``batches`` (one epoch): the median over the timed steps."""
     timer = StepTimer(warmup)
     with tempfile.TemporaryDirectory() as log_dir:
         trainer = L.Trainer(
@@ -128,25 +134,27 @@ def run_lightning(module: L.LightningModule, batches: list, warmup: int) -> floa
             limit_val_batches=0,
         )
         trainer.fit(module, DataLoader(batches, batch_size=None))
-    return (timer.end - timer.start) / timer.steps
+    return step_time(timer.marks)
 
 
 def run_bare(model: torch.nn.Module, batches: list, warmup: int) -> float:
-    """Seconds per timed step of a bare loop with timm's Mixup (alpha 1, batch mode) and SGD."""
+    """Seconds per step (median over the timed ones) of a bare loop with timm's Mixup (alpha 1, batch mode) and
+    SGD."""
     mixup = TimmMixup(mixup_alpha=1.0, cutmix_alpha=0.0, label_smoothing=0.0, num_classes=NUM_CLASSES)
     criterion = SoftTargetCrossEntropy()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     model.train()
-    start = 0.0
+    marks: list[float] = []
     for step, (x, y) in enumerate(batches):
-        if step == warmup:
-            start = time.perf_counter()
+        if step >= warmup:
+            marks.append(time.perf_counter())
         x, targets = mixup(x.clone(), y)  # timm mixes in place: keep the shared batch intact
         loss = criterion(model(x), targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    return (time.perf_counter() - start) / (len(batches) - warmup)
+    marks.append(time.perf_counter())
+    return step_time(marks)
 
 
 def import_dotted(path: str) -> type:
@@ -361,7 +369,9 @@ def report(env: dict[str, Any], summary: dict[str, Any], skipped: list[str]) -> 
         f"run; {env['repeats']} rounds, each running every case once in a shuffled order; seed {env['seed']}",
         f"- backbones: CNN = {env['backbones']['cnn']}; ViT = {env['backbones']['vit']}",
         "",
-        "Each run is `Trainer.fit` on the same in-memory batches (data fetch and logging included in the step). The "
+        "Each run is `Trainer.fit` on the same in-memory batches; its step time is the median of its timed steps, "
+        "each measured end to end (data fetch and logging included), so a few steps slowed by another process do not "
+        "move it. The "
         "backbone and the module class come from the mixer's declared capabilities: a mixer that `requires` "
         "`attention` is trained on the ViT, a `learned` one by the module class its `trained_by` names. **cost** = "
         f"the method's step time / the `{REFERENCE}` step time on the same backbone, per round, then the median "
@@ -420,9 +430,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--size", type=int, default=32, help="image side in pixels (the ViT's img_size too)")
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per run")
+    parser.add_argument("--steps", type=int, default=6, help="timed steps per run")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per run before the timed ones")
-    parser.add_argument("--repeats", type=int, default=3, help="rounds (every case once per round)")
+    parser.add_argument("--repeats", type=int, default=4, help="rounds (every case once per round)")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's own choice)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data, the weights and the round order")
     parser.add_argument("--out", type=Path, help=f"markdown output; JSON goes next to it (default {DEFAULT_OUT})")
