@@ -351,3 +351,20 @@ def test_hidden_state_mixers_work_on_timm_cnns_and_vits(name, backbone):
         assert logits.shape == (5, 4) and bool(torch.isfinite(logits).all())
         assert mix.x.dim() == (4 if stage == 0 or backbone is CNN else 3)
     assert stages == {0, 1, 2}
+
+
+def test_a_checkpoint_brings_back_the_typed_mixer_and_objective(tmp_path):
+    """Built in Python, the components are pickled into the checkpoint's hyperparameters (LightningCLI saves their
+    class_path form instead, which load_from_checkpoint rebuilds: covered by the CLI tests' evaluation runs)."""
+    import lightning as L
+    from torch.utils.data import DataLoader, TensorDataset
+
+    x, y = batch(8)
+    model = MixClassifier(**CNN, mixer=openmix.mixers.GridMix(alpha=0.3, mode="elem"), objective=RegMixupLoss(eta=2.0))
+    trainer = L.Trainer(max_steps=1, default_root_dir=tmp_path, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False)  # fmt: skip
+    trainer.fit(model, DataLoader(TensorDataset(x, y), batch_size=8))
+    trainer.save_checkpoint(tmp_path / "model.ckpt")
+    back = MixClassifier.load_from_checkpoint(tmp_path / "model.ckpt", weights_only=False)
+    assert (type(back.mixer).__name__, back.mixer.alpha, back.mixer.mode) == ("GridMix", 0.3, "elem")
+    assert isinstance(back.objective, RegMixupLoss) and back.objective.eta == 2.0

@@ -17,6 +17,7 @@ import math
 import resource
 import sys
 import time
+import warnings
 from typing import Any
 
 import lightning as L
@@ -30,7 +31,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
 
 from openmix import losses
-from openmix.lightning.data import check_seed
+from openmix.data.readers import check_seed
 from openmix.lightning.distributed import PAIRING_SCOPES, mix_across_ranks
 from openmix.lightning.optim import SGD, WarmupCosineLR
 from openmix.lightning.services import (
@@ -172,9 +173,12 @@ class MixClassifier(L.LightningModule):
         seed: int = 0,
     ):
         super().__init__()
-        # built components are saved with the module's state; a config's class_path form stays in the hparams
-        built = [name for name, value in (("mixer", mixer), ("objective", objective)) if isinstance(value, nn.Module)]
-        self.save_hyperparameters(ignore=built)
+        # A config's class_path form of the mixer / objective is what LightningCLI hands save_hyperparameters, so
+        # load_from_checkpoint rebuilds them; a component built in Python is pickled into the checkpoint's hparams
+        # (load it with weights_only=False). Lightning's advice to leave modules out would lose the mixer.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*is an instance of `nn.Module` and is already saved")
+            self.save_hyperparameters()
         if not 0.0 <= mix_prob <= 1.0:
             raise ValueError(f"mix_prob must lie in [0, 1], got {mix_prob}")
         if pairing_scope not in PAIRING_SCOPES:
