@@ -368,3 +368,31 @@ def test_a_checkpoint_brings_back_the_typed_mixer_and_objective(tmp_path):
     back = MixClassifier.load_from_checkpoint(tmp_path / "model.ckpt", weights_only=False)
     assert (type(back.mixer).__name__, back.mixer.alpha, back.mixer.mode) == ("GridMix", 0.3, "elem")
     assert isinstance(back.objective, RegMixupLoss) and back.objective.eta == 2.0
+
+
+def test_randomchoice_computes_only_the_chosen_childs_needs_and_keeps_a_fixed_state_dict():
+    needy = recorder(("inputs",), ("saliency",))
+    model = MixClassifier(**CNN, mixer=RandomChoiceMixer([openmix.mixers.GridMix(), needy], probs=[1.0, 0.0]))
+    keys = set(model.state_dict())
+    calls = []
+    model.network.register_forward_hook(lambda module, inputs, output: calls.append(1))
+    x, y = batch()
+    model.training_step((x, y), 0)
+    assert len(calls) == 1 and needy.calls == []  # the training forward only: no saliency pass for GridMix
+    assert set(model.state_dict()) == keys  # the chosen child is not registered twice
+    model.mixer.probs = [0.0, 1.0]
+    model.training_step((x, y), 1)
+    assert len(calls) == 3 and set(needy.calls[0][1]) == {"saliency"}
+
+
+def test_what_a_backbone_cannot_do_is_refused_when_the_model_is_built():
+    with pytest.raises(ValueError, match="mixes hidden states, which are mixed out of place"):
+        MixClassifier(**CNN, mixer=openmix.mixers.ManifoldMix(layers=(1, 2), inplace=True))
+    convnext = {**CNN, "backbone": "convnext_atto", "backbone_kwargs": {}, "cifar_stem": False}
+    with pytest.raises(ValueError, match="normalises the pooled features first"):
+        MixClassifier(**convnext, mixer="snapmix")
+    avg_vit = {**VIT, "backbone_kwargs": {**VIT["backbone_kwargs"], "global_pool": "avg", "class_token": False}}
+    with pytest.raises(ValueError, match="works on tokens"):
+        MixClassifier(**avg_vit, mixer="snapmix")
+    small_patches = {**VIT, "backbone_kwargs": {**VIT["backbone_kwargs"], "patch_size": 2}}
+    assert MixClassifier(**small_patches, mixer="manifoldmix").feature_stages == ["blocks.0", "blocks.1"]

@@ -140,3 +140,8 @@ def test_version_and_public_api():
     assert isinstance(openmix.__version__, str) and openmix.__version__.count(".") == 2
     for name in ("create_mixer", "list_mixers", "MixOutput", "losses", "register_mixer"):
         assert hasattr(openmix, name)
+
+
+def test_a_misspelt_class_path_is_named_with_the_closest_classes():
+    with pytest.raises(ValueError, match=r"no mixer class of that path; did you mean openmix.mixers.GridMix"):
+        openmix.get_mixer_entry("openmix.mixers.GridMixx")

@@ -119,7 +119,22 @@ def test_registry_and_capabilities():
     assert entry.cls is TokenMix and entry.hooks == ("inputs", "targets") and entry.requires == ("attention",)
     defaults = entry.defaults
     assert defaults["ratio"] == 0.5 and defaults["minimum_tokens"] == 14 and defaults["mask_type"] == "block"
-    assert defaults["patch_size"] == 16 and defaults["mixup_alpha"] == 0.8 and defaults["switch_prob"] == 0.5
+    assert defaults["patch_size"] is None and defaults["mixup_alpha"] == 0.8 and defaults["switch_prob"] == 0.5
+
+
+def test_the_patch_size_is_the_vits_and_a_grid_without_room_for_a_block_is_refused():
+    from openmix.lightning import MixClassifier
+
+    tiny = {"img_size": 16, "patch_size": 4, "depth": 1, "embed_dim": 16, "num_heads": 2}
+    vit = {"backbone": "vit_tiny_patch16_224", "num_classes": 4, "in_chans": 1, "backbone_kwargs": tiny}
+    assert MixClassifier(**vit, mixer="tokenmix").mixer.patch_size == 4  # taken from the ViT
+    with pytest.raises(ValueError, match=r"patch_size=16\) masks 16 px tokens, but the backbone's patches are 4 x 4"):
+        MixClassifier(**vit, mixer=TokenMix(patch_size=16))
+    with pytest.raises(ValueError, match="1 x 1 token grid"):
+        TokenMix(patch_size=16)(torch.randn(2, 1, 16, 16), torch.arange(2))
+    alone = TokenMix(switch_prob=1.0, minimum_tokens=0)(torch.randn(2, 1, 28, 28), torch.arange(2), lam=0.5)
+    mask = alone.mask[0, 0]  # None alone: a 14 x 14 grid of 2 px cells, constant on each cell
+    assert torch.equal(mask[0::2, 0::2], mask[1::2, 1::2]) and float(alone.lam[0]) == pytest.approx(0.5, abs=1 / 196)
 
 
 def test_errors():

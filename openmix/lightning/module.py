@@ -227,8 +227,11 @@ class MixClassifier(L.LightningModule):
         if "momentum_model" in self.mixer.requires and self.momentum_network() is None:
             raise ValueError(f"{owner} needs a momentum network, which {type(self).__name__} does not keep")
         check_services(self.network, self.mixer.requires, owner)
+        self.mixer.check_network(self.network)
         if "features" not in self.mixer.hooks:
             return []
+        if getattr(self.mixer, "inplace", False):
+            raise ValueError(f"{owner} mixes hidden states, which are mixed out of place: build it with inplace=False")
         if self.hparams.pairing_scope != "local":
             raise ValueError(f"{owner} mixes hidden states, which pairing_scope 'global' does not support")
         return check_stages(self.network, self.mixer.max_stage(), owner)
@@ -242,8 +245,11 @@ class MixClassifier(L.LightningModule):
         return StepServices(self.network, x, y, momentum_model=self.momentum_network())
 
     def mixer_context(self, services: StepServices) -> dict[str, Any]:
-        """The needs the mixer takes before the forward pass, from the step's services."""
-        return services.provide(self.mixer.requires, exclude=AFTER_FORWARD)
+        """The needs the mixer takes before the forward pass, from the step's services (or the services themselves,
+        for a mixer that asks for its needs once it knows them: ``takes_services``)."""
+        if getattr(self.mixer, "takes_services", False):
+            return {"services": services}
+        return services.before_forward(self.mixer.requires)
 
     def mixing_active(self) -> bool:
         off_epoch = self.hparams.mix_off_epoch

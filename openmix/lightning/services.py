@@ -64,9 +64,18 @@ def check_cam_network(network: nn.Module) -> None:
             f"class activation maps need a linear classifier after global average pooling; {name}'s classifier is "
             f"{type(head).__name__}"
         )
-    pool = getattr(network, "global_pool", None)
+    if getattr(network, "patch_embed", None) is not None:
+        raise ValueError(f"class activation maps need a CNN's (B, C, h, w) feature map; {name} works on tokens")
+    head_module = getattr(network, "head", None)
+    norm = getattr(head_module, "norm", None)
+    if isinstance(norm, nn.Module) and not isinstance(norm, nn.Identity):
+        raise ValueError(
+            f"class activation maps need the linear classifier right after global average pooling; {name}'s head "
+            f"normalises the pooled features first ({type(norm).__name__})"
+        )
+    pool = getattr(network, "global_pool", getattr(head_module, "global_pool", None))
     pool_type = pool if isinstance(pool, str) else getattr(pool, "pool_type", "avg")
-    if pool_type not in ("avg", "fast_avg", "avgmax", ""):
+    if pool_type not in ("avg", "fast_avg", ""):
         raise ValueError(f"class activation maps need global average pooling; {name} pools with {pool_type!r}")
 
 
@@ -157,14 +166,19 @@ class AttentionRecorder:
 
 # ----- feature stages ----------------------------------------------------------------------------------------------
 def feature_stages(network: nn.Module) -> list[str]:
-    """Module names of the network's feature stages: timm's ``feature_info`` entries at reduction >= 4 (a ResNet's
-    layer1..layer4, a ConvNeXt's stages, a ViT's blocks; the stem's output at reduction 2 is not a stage). Stage k
-    of a feature-level mixer is the output of the k-th name; an empty list when the network declares none."""
+    """Module names of the network's feature stages: timm's ``feature_info`` entries, without a CNN stem's (a first
+    entry at reduction 2 followed by a coarser one): a ResNet's layer1..layer4, a ConvNeXt's stages, a ViT's blocks
+    (whatever its patch size). Stage k of a feature-level mixer is the output of the k-th name; an empty list when
+    the network declares none."""
     info = getattr(network, "feature_info", None)
-    entries = info if isinstance(info, list) else getattr(info, "info", None)
-    if not entries:
-        return []
-    return [entry["module"] for entry in entries if entry.get("reduction", 4) >= 4 and entry.get("module")]
+    entries = [
+        entry
+        for entry in (info if isinstance(info, list) else getattr(info, "info", None) or [])
+        if entry.get("module")
+    ]
+    if len(entries) > 1 and entries[0].get("reduction") == 2 and entries[1].get("reduction", 2) > 2:
+        entries = entries[1:]  # the stem
+    return [entry["module"] for entry in entries]
 
 
 def check_stages(network: nn.Module, deepest: int, mixer_name: str) -> list[str]:
@@ -173,7 +187,7 @@ def check_stages(network: nn.Module, deepest: int, mixer_name: str) -> list[str]
     if deepest > len(stages):
         raise ValueError(
             f"{mixer_name} mixes hidden states up to stage {deepest}, but {type(network).__name__} exposes "
-            f"{len(stages)} feature stages (timm feature_info at reduction >= 4: {stages}); choose layers <= "
+            f"{len(stages)} feature stages (timm feature_info, the stem left out: {stages}); choose layers <= "
             f"{len(stages)} or a timm backbone with feature_info"
         )
     return stages
@@ -273,6 +287,10 @@ class StepServices:
         """``{need: value}`` for each of ``needs`` not in ``exclude``."""
         return {need: self.get(need) for need in needs if need not in exclude}
 
+    def before_forward(self, needs: Sequence[str]) -> dict[str, Any]:
+        """``{need: value}`` for the needs known before the forward pass (all but ``AFTER_FORWARD``)."""
+        return self.provide(needs, exclude=AFTER_FORWARD)
+
 
 def check_services(network: nn.Module, needs: Sequence[str], owner: str) -> None:
     """Refuse, at construction, a network that cannot give what ``owner`` needs (a ``ValueError`` naming both)."""
@@ -289,4 +307,7 @@ def mixer_inputs(mixer: nn.Module, network: nn.Module, x: Tensor, y: Tensor) -> 
     """What ``mixer`` needs before the forward pass (its ``requires`` but ``attention``), computed with ``network`` on
     the clean batch ``(x, y)``: the one function through which a consumer outside a training step (``openmix
     show``, the benchmarks, the tests) hands a mixer its needs, as the trainer does with :class:`StepServices`."""
-    return StepServices(network, x, y).provide(getattr(mixer, "requires", ()), exclude=AFTER_FORWARD)
+    services = StepServices(network, x, y)
+    if getattr(mixer, "takes_services", False):
+        return {"services": services}
+    return services.before_forward(getattr(mixer, "requires", ()))

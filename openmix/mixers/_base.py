@@ -203,6 +203,8 @@ class Mixer(nn.Module, abc.ABC):
       argument of the same name (to ``forward`` or :meth:`refine_targets`, whichever declares it). An instance may
       narrow it (a mixer given its own feature extractor no longer needs the training ``model``).
     - ``optional_inputs``: call-time arguments it accepts besides its needs (not provided by the trainer's services).
+    - ``takes_services``: ``forward`` takes the step's ``services`` and asks for its needs itself, when it knows which
+      (``RandomChoiceMixer``: the chosen child's only); the trainer then computes none in advance.
     - ``input_ranks``: the numbers of dimensions ``forward`` accepts for ``x`` (images: 4).
     - ``shares_batch_mask``: whether ``mode="batch"`` gives every sample the same mask.
     - ``moves_partner``: the partner's content is resized, cropped or aligned before it is mixed in (ResizeMix,
@@ -213,6 +215,7 @@ class Mixer(nn.Module, abc.ABC):
     hooks: ClassVar[tuple[str, ...]] = ("inputs",)
     requires: tuple[str, ...] = ()
     optional_inputs: ClassVar[tuple[str, ...]] = ()
+    takes_services: ClassVar[bool] = False
     input_ranks: ClassVar[tuple[int, ...]] = (4,)
     shares_batch_mask: bool = True
     moves_partner: ClassVar[bool] = False
@@ -245,6 +248,10 @@ class Mixer(nn.Module, abc.ABC):
     def max_stage(self) -> int:
         """The deepest stage :meth:`draw_stage` may return (the trainer refuses a backbone with fewer)."""
         return 0
+
+    def check_network(self, network: nn.Module) -> None:
+        """Called by a trainer at construction with its network: raise a ``ValueError`` naming both when the mixer's
+        settings cannot work with it (TokenMix: a patch size that is not the ViT's). Default: nothing to check."""
 
 
 def check_capabilities(owner: str, hooks: Any, requires: Any) -> None:

@@ -110,6 +110,13 @@ def get_mixer_entry(name: str) -> MixerEntry:
     if not isinstance(name, str):
         raise TypeError(f"mixer name must be a str, got {type(name).__name__}")
     key = name.lower()
+    if key not in _REGISTRY and "." in name:  # a class path that did not resolve to a class
+        classes = {entry.cls.__name__: entry.cls for entry in _REGISTRY.values()}
+        close = difflib.get_close_matches(name.rpartition(".")[2], list(classes), n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(f'openmix.mixers.{c}' for c in close)}?" if close else ""
+        raise ValueError(
+            f"unknown mixer {name!r}: no mixer class of that path{hint} Registered mixers: {', '.join(list_mixers())}"
+        )
     if key not in _REGISTRY:
         close = difflib.get_close_matches(key, list(_REGISTRY), n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""

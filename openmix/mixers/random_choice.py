@@ -56,6 +56,8 @@ class RandomChoiceMixer(Mixer):
     """
 
     registry_name = "randomchoice"
+    takes_services = True  # the trainer hands over its step's services: only the chosen child's needs are computed
+    optional_inputs = ("services",)
 
     def __init__(
         self,
@@ -107,10 +109,15 @@ class RandomChoiceMixer(Mixer):
         self.hooks = tuple(hook for hook in ("inputs", "targets") if hook in child_hooks or hook == "inputs")
         # whether a call may overwrite its input: any child built in place (given as a module, or through `inplace`)
         self.inplace = any(bool(getattr(child, "inplace", False)) for child in self.mixers)
-        self.chosen: nn.Module | None = None  # the child of the last call (None: unmixed), for refine_targets
+        self.chosen_index: int | None = None  # the child of the last call (None: unmixed), for refine_targets
 
     def extra_repr(self) -> str:
         return f"probs={[round(p, 4) for p in self.probs]}, no_mix_prob={self.no_mix_prob}"
+
+    @property
+    def chosen(self) -> nn.Module | None:
+        """The child that mixed the last call (``None``: it returned the batch unmixed)."""
+        return None if self.chosen_index is None else self.mixers[self.chosen_index]
 
     def forward(
         self,
@@ -118,26 +125,32 @@ class RandomChoiceMixer(Mixer):
         y: Tensor,
         generator: torch.Generator | None = None,
         lam: float | Tensor | None = None,
+        services: Any = None,
         **context: Any,
     ) -> MixOutput:
+        """Mix with one child. A trainer passes its step's ``services`` (anything with ``before_forward(needs)``)
+        so that only the chosen child's needs are computed; a caller may pass the needs themselves instead."""
         check_call(self, x, y, generator, context)
         check_lam(lam, x.shape[0], "elem")  # before the draw, so bad input fails whichever branch is taken
         device = generator.device if generator is not None else torch.device("cpu")
         draw = float(torch.rand((), generator=generator, device=device))  # one uniform draw decides the branch
-        self.chosen = None
+        self.chosen_index = None
         if draw < self.no_mix_prob:
             return MixOutput.identity(x, y)
         position = (draw - self.no_mix_prob) / max(1.0 - self.no_mix_prob, 1e-12)  # uniform in [0, 1) again
         cumulative = torch.tensor(self.probs, dtype=torch.float64).cumsum(0)
         choice = min(int((cumulative <= position).sum()), len(self.mixers) - 1)
         child = self.mixers[choice]
-        self.chosen = child
+        self.chosen_index = choice
         needs = getattr(child, "requires", ())
+        if services is not None:
+            context = {**services.before_forward(needs), **context}
         return child(x, y, generator=generator, lam=lam, **{k: v for k, v in context.items() if k in needs})
 
     def refine_targets(self, mix: MixOutput, **needs: Any) -> MixOutput:
         """The chosen child's label re-weighting (hook ``targets``), if it has one; else ``mix`` as it is."""
-        if self.chosen is None or "targets" not in getattr(self.chosen, "hooks", ()):
+        chosen = self.chosen
+        if chosen is None or "targets" not in getattr(chosen, "hooks", ()):
             return mix
-        wanted = getattr(self.chosen, "requires", ())
-        return self.chosen.refine_targets(mix, **{key: value for key, value in needs.items() if key in wanted})
+        wanted = getattr(chosen, "requires", ())
+        return chosen.refine_targets(mix, **{key: value for key, value in needs.items() if key in wanted})

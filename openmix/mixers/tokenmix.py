@@ -44,7 +44,9 @@ Defaults:
 - ``switch_prob=0.5``: main.py:142 (``--mixup-switch-prob`` default; the run script does not set it).
 - ``alpha=1.0``: the CutMix alpha the authors pass (main.py:136, run.sh ``--cutmix 1.0``), only used when
   ``ratio=None``.
-- ``patch_size=16``: the DeiT patch size of the authors' 14 x 14 grid (tokenmix.py:167-168, 224 px input).
+- ``patch_size=None``: the ViT's patch size, which a trainer hands over at construction (``check_network``); called
+  on its own, the image is cut into the authors' 14 x 14 grid (tokenmix.py:167-168: 224 px in 16 px patches), a
+  patch side of ``max(1, round(min(H, W) / 14))``.
 
 Modes: the authors' code is batch mode only (one mask for the batch). ``mode="elem"`` draws the switch, the count
 and the mask per sample; the block masking runs for all samples at once (a loop over attempts, not over samples,
@@ -60,7 +62,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from openmix.mixers import functional as F_mix
 from openmix.mixers._base import MixOutput, PairMixer
@@ -165,7 +167,8 @@ class TokenMix(PairMixer):
             a number (fixed, the authors' 0.5), a (min, max) pair (uniform in that range) or ``None`` (Beta).
         minimum_tokens: tokens added to the count (one row of the 14 x 14 grid in the authors' code).
         mask_type: ``"block"`` (block-wise, BEiT) or ``"random"`` (independent tokens).
-        patch_size: side of a token cell in pixels (the ViT's patch size).
+        patch_size: side of a token cell in pixels: the ViT's patch size. ``None`` takes it from the ViT a trainer
+            trains (an explicit one that differs is refused), or cuts a lone call's images into a 14 x 14 grid.
         min_aspect: smallest aspect ratio of a block (the largest is its inverse).
         mixup_alpha: Beta concentration of the Mixup branch; 0 turns the branch off.
         switch_prob: probability of the TokenMix branch (per batch, or per sample in elem mode).
@@ -183,7 +186,7 @@ class TokenMix(PairMixer):
         ratio: float | tuple[float, float] | None = 0.5,
         minimum_tokens: int = 14,
         mask_type: str = "block",
-        patch_size: int = 16,
+        patch_size: int | None = None,
         min_aspect: float = 0.3,
         mixup_alpha: float = 0.8,
         switch_prob: float = 0.5,
@@ -208,9 +211,9 @@ class TokenMix(PairMixer):
         if not isinstance(mask_type, str) or mask_type not in MASK_TYPES:
             raise ValueError(f"mask_type must be one of {MASK_TYPES}, got {mask_type!r}")
         self.mask_type = mask_type
-        if not F_mix.is_int(patch_size) or patch_size < 1:
-            raise ValueError(f"patch_size must be a positive int, got {patch_size!r}")
-        self.patch_size = int(patch_size)
+        if patch_size is not None and (not F_mix.is_int(patch_size) or patch_size < 1):
+            raise ValueError(f"patch_size must be a positive int or None, got {patch_size!r}")
+        self.patch_size = None if patch_size is None else int(patch_size)
         self.min_aspect = F_mix.check_real(min_aspect, "min_aspect", "lie in (0, 1]", lambda a: 0.0 < a <= 1.0)
         self.mixup_alpha, self.switch_prob = check_switch(mixup_alpha, switch_prob)
 
@@ -239,17 +242,37 @@ class TokenMix(PairMixer):
             return block_token_masks(counts, grid, generator, self.min_aspect)
         return random_token_masks(counts, grid, generator)
 
+    def check_network(self, network: nn.Module) -> None:
+        """A ViT whose patches are not ``patch_size`` pixels would see token masks that cut its patches: refused."""
+        patch = getattr(getattr(network, "patch_embed", None), "patch_size", None)
+        if patch is None:
+            return
+        sides = tuple(int(side) for side in (patch if isinstance(patch, (tuple, list)) else (patch, patch)))
+        if self.patch_size is None and sides[0] == sides[1]:
+            self.patch_size = sides[0]  # the ViT's own
+        if sides != (self.patch_size, self.patch_size):
+            raise ValueError(
+                f"TokenMix(patch_size={self.patch_size}) masks {self.patch_size} px tokens, but the backbone's "
+                f"patches are {sides[0]} x {sides[1]} px: build it with patch_size={sides[0]}"
+            )
+
     def mix(
         self, x: Tensor, index: Tensor, lam: Tensor | None, generator: torch.Generator | None, **context: Any
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         batch_size, _, height, width = x.shape
+        patch_size = self.patch_size or max(1, round(min(height, width) / 14))  # None: the authors' 14 x 14 grid
+        if height < 2 * patch_size and width < 2 * patch_size:
+            raise ValueError(
+                f"TokenMix(patch_size={patch_size}) on {height} x {width} images has a 1 x 1 token grid, where "
+                "no block of tokens fits: set patch_size to the ViT's patch size"
+            )
         num = 1 if self.mode == "batch" else batch_size
         use_tokens = draw_switch(self.switch_prob, self.mixup_alpha, num, generator)
         blend_lam = mixup_lam(lam, self.mixup_alpha, num, generator)
         if self.mode == "batch" and not bool(use_tokens[0]):
             weight = float(blend_lam[0])
             return F_mix.blend(x, index, weight, self.inplace), blend_lam.expand(batch_size), None
-        grid = token_grid(height, width, self.patch_size)
+        grid = token_grid(height, width, patch_size)
         tokens = self.token_masks(self.token_counts(lam, num, grid[0] * grid[1], generator), grid, generator)
         token_lam = pixel_share(tokens, height, width)
         device = x.device
