@@ -338,7 +338,8 @@ class MixClassifier(L.LightningModule):
         services = self.step_services(x, y)
         mixing = self.should_mix(batch_idx)
         hooks = self.mixer.hooks if mixing else ()
-        recorder = AttentionRecorder(self.network) if "attention" in getattr(self.mixer, "requires", ()) else None
+        wants_attention = "targets" in hooks and "attention" in self.mixer.requires  # recorded only when used
+        recorder = AttentionRecorder(self.network) if wants_attention else None
         with_clean = self.objective.uses_clean_batch  # RegMixup: the clean batch's loss too
         with recorder or contextlib.nullcontext():  # 1-2. inputs / features: the mixed batch through the network
             if mixing:
