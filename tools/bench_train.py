@@ -32,7 +32,6 @@ import importlib
 import json
 import math
 import os
-import platform
 import random
 import shlex
 import statistics
@@ -56,6 +55,9 @@ from torch.utils.data import DataLoader
 
 import openmix
 from openmix.lightning import MixClassifier
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling tool, whatever the working directory
+from bench_mixers import cpu_model  # noqa: E402  (one reader of the CPU model for both benchmarks)
 
 REFERENCE = "mixup"  # the step every method is compared with, on its own backbone
 NUM_CLASSES = 10
@@ -320,15 +322,6 @@ def summarise(cases: list[Case], args: argparse.Namespace) -> dict[str, Any]:
         "ratio_openmix_over_bare": ratio,
         "median_ratio": statistics.median(ratio) if ratio else None,
     }
-
-
-def cpu_model() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def environment(args: argparse.Namespace) -> dict[str, Any]:

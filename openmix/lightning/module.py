@@ -247,9 +247,7 @@ class MixClassifier(L.LightningModule):
     def mixer_context(self, services: StepServices) -> dict[str, Any]:
         """The needs the mixer takes before the forward pass, from the step's services (or the services themselves,
         for a mixer that asks for its needs once it knows them: ``takes_services``)."""
-        if getattr(self.mixer, "takes_services", False):
-            return {"services": services}
-        return services.before_forward(self.mixer.requires)
+        return services.mixer_inputs(self.mixer)
 
     def mixing_active(self) -> bool:
         off_epoch = self.hparams.mix_off_epoch

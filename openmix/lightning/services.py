@@ -291,6 +291,13 @@ class StepServices:
         """``{need: value}`` for the needs known before the forward pass (all but ``AFTER_FORWARD``)."""
         return self.provide(needs, exclude=AFTER_FORWARD)
 
+    def mixer_inputs(self, mixer: nn.Module) -> dict[str, Any]:
+        """The call-time arguments of ``mixer`` before the forward pass: these services themselves for a mixer that
+        asks for its needs once it knows them (``takes_services``), else the values of its needs."""
+        if getattr(mixer, "takes_services", False):
+            return {"services": self}
+        return self.before_forward(getattr(mixer, "requires", ()))
+
 
 def check_services(network: nn.Module, needs: Sequence[str], owner: str) -> None:
     """Refuse, at construction, a network that cannot give what ``owner`` needs (a ``ValueError`` naming both)."""
@@ -307,7 +314,4 @@ def mixer_inputs(mixer: nn.Module, network: nn.Module, x: Tensor, y: Tensor) -> 
     """What ``mixer`` needs before the forward pass (its ``requires`` but ``attention``), computed with ``network`` on
     the clean batch ``(x, y)``: the one function through which a consumer outside a training step (``openmix
     show``, the benchmarks, the tests) hands a mixer its needs, as the trainer does with :class:`StepServices`."""
-    services = StepServices(network, x, y)
-    if getattr(mixer, "takes_services", False):
-        return {"services": services}
-    return services.before_forward(getattr(mixer, "requires", ()))
+    return StepServices(network, x, y).mixer_inputs(mixer)
