@@ -50,7 +50,7 @@ class WithNeeds(nn.Module):
     def forward(self, x, y, generator=None, lam=None, **context):
         try:  # bad input: no needs, so that the mixer's own check reports it
             classes = int(y.max()) + 1 if y.dim() == 1 else y.shape[1]
-            network = TinyExtractor(max(classes, 10)).to(x.device)
+            network = TinyExtractor(max(classes, 10) if y.dim() == 1 else classes).to(x.device)
             needs = mixer_inputs(self.mixer, network, x, y)
         except Exception:
             needs = {}

@@ -364,6 +364,8 @@ def test_decoupled_skip_needs_no_host_synchronisation():
 # ------------------------------------------------------------------------ 7. every number of a config is cited
 SOURCE_MARKERS = (
     "Westlake-AI/openmixup",
+    "snu-mllab/PuzzleMix",
+    "snu-mllab/Co-Mixup",
     "arXiv",
     "FrancescoPinto/RegMixup",
     "Shaoli-Huang/SnapMix",

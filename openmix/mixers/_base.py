@@ -209,6 +209,8 @@ class Mixer(nn.Module, abc.ABC):
     - ``shares_batch_mask``: whether ``mode="batch"`` gives every sample the same mask.
     - ``moves_partner``: the partner's content is resized, cropped or aligned before it is mixed in (ResizeMix,
       SnapMix, AlignMix), so ``(1 - mask)`` holds a transform of ``x[index]``, not ``x[index]`` itself.
+    - ``moves_own``: sample i's own content is rearranged too before the blend (PuzzleMix's transport), so ``mask``
+      holds a transform of ``x[i]``; an instance sets it from its options.
     - ``learned``: its parameters are trained during training (then ``trained_by`` names the module class that can).
     """
 
@@ -219,6 +221,7 @@ class Mixer(nn.Module, abc.ABC):
     input_ranks: ClassVar[tuple[int, ...]] = (4,)
     shares_batch_mask: bool = True
     moves_partner: ClassVar[bool] = False
+    moves_own: bool = False
     learned: ClassVar[bool] = False
     trained_by: ClassVar[str | None] = None
     inplace: bool = False
