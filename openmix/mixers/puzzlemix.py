@@ -69,7 +69,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from openmix.mixers import functional as F_mix
-from openmix.mixers._base import MixOutput, PairMixer
+from openmix.mixers._base import PairMixer
 from openmix.mixers._graph_cut import neighbour_differences, puzzle_energy_terms, puzzle_labels
 from openmix.mixers._registry import register_mixer
 from openmix.mixers._transport import apply_transport, transport_plan
@@ -191,8 +191,7 @@ class PuzzleMix(PairMixer):
 
     def extra_repr(self) -> str:
         return (
-            super().extra_repr()
-            + f", grids={self.grids}, beta={self.beta}, gamma={self.gamma}, eta={self.eta}, "
+            super().extra_repr() + f", grids={self.grids}, beta={self.beta}, gamma={self.gamma}, eta={self.eta}, "
             f"neigh_size={self.neigh_size}, n_labels={self.n_labels}, transport={self.transport}, "
             f"t_eps={self.t_eps}, t_size={self.t_size}"
         )
@@ -217,9 +216,7 @@ class PuzzleMix(PairMixer):
             images = images + torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
         return images
 
-    def block_masks(
-        self, x: Tensor, index: Tensor, lam: Tensor, saliency: Tensor, grid: int
-    ) -> tuple[Tensor, Tensor]:
+    def block_masks(self, x: Tensor, index: Tensor, lam: Tensor, saliency: Tensor, grid: int) -> tuple[Tensor, Tensor]:
         """The graph cut: ((B, g, g) float32 share of sample i per block, (B, g, g) block saliency summing to 1)."""
         batch, _, height, width = x.shape
         block = (height // grid, width // grid)
