@@ -370,3 +370,17 @@ def test_a_backbone_that_cannot_give_what_the_mixer_needs_is_one_clear_line(tmp_
     args = ["--model.init_args.mixer=transmix", f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false"]
     with pytest.raises(SystemExit, match="mixer TransMix needs 'attention', which this backbone cannot give"):
         run_lightning(args, run=False)
+
+
+@needs_fmnist
+@pytest.mark.slow
+def test_saliency_methods_train_from_the_cli_by_short_name_and_by_config(tmp_path):
+    """The saliency need reaches the mixer in a real fit: PuzzleMix by ``--model.init_args.mixer NAME`` and from its
+    Fashion-MNIST config (normalisation and grids as written there)."""
+    config = ROOT / "configs/mixers/fashion_mnist/puzzlemix.yaml"
+    for label, choice in (("name", ["--model.init_args.mixer=puzzlemix"]), ("config", [f"--config={config}"])):
+        root = tmp_path / label
+        cli("fit", *TINY_MODEL, *TINY_DATA, *choice, "--trainer.max_steps=2", "--trainer.limit_val_batches=1",
+            f"--trainer.default_root_dir={root}")  # fmt: skip
+        (metrics,) = root.glob("*/version_*/metrics.csv")
+        assert "train/loss" in metrics.read_text()
