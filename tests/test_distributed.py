@@ -26,9 +26,13 @@ def _worker(rank: int, world: int, init_file: str, scope: str, mixer_name: str, 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         x, y = _rank_batch(rank)
-        mixer = openmix.create_mixer(mixer_name, mode="elem")
+        options = {"transport": False, "grids": (2, 5)} if mixer_name == "puzzlemix" else {}
+        mixer = openmix.create_mixer(mixer_name, mode="elem", **options)
         generator = torch.Generator().manual_seed(7 if scope == "global" else 7 + rank)
-        out = mix_across_ranks(mixer, x, y, generator, scope)
+        context = {}
+        if "saliency" in mixer.requires:  # a per-sample need: each rank's own, gathered with the batch
+            context["saliency"] = torch.rand(x.shape[0], 10, 10, generator=torch.Generator().manual_seed(rank)) ** 4
+        out = mix_across_ranks(mixer, x, y, generator, scope, **context)
         x_all, _ = gather_batches(x)
         torch.save({"out": out, "x": x, "y": y, "x_all": x_all}, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
@@ -41,7 +45,7 @@ def _run(tmp_path, scope: str, mixer_name: str) -> list[dict]:
     return [torch.load(tmp_path / f"rank{rank}.pt", weights_only=False) for rank in range(2)]
 
 
-@pytest.mark.parametrize("mixer_name", ["cutmix", "mixup"])
+@pytest.mark.parametrize("mixer_name", ["cutmix", "mixup", "puzzlemix"])
 def test_global_pairing_keeps_the_invariant_across_ranks(tmp_path, mixer_name):
     results = _run(tmp_path, "global", mixer_name)
     x_global = torch.cat([result["x"] for result in results])

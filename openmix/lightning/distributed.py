@@ -39,13 +39,19 @@ def gather_batches(tensor: Tensor) -> tuple[Tensor, list[int]]:
     return torch.cat([part[:n] for part, n in zip(gathered, sizes)]), sizes
 
 
+def _per_sample(value: Any, batch_size: int) -> bool:
+    return isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == batch_size
+
+
 def mix_across_ranks(
     mixer: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator, scope: str = "local", **context: Any
 ) -> MixOutput:
     """Call ``mixer`` on this rank's batch (``local``) or pair samples across all ranks (``global``).
 
     For ``global`` the generator must be seeded identically on every rank, so all ranks draw the same partners,
-    lambdas and boxes for the global batch.
+    lambdas and boxes for the global batch. Per-sample needs in ``context`` (tensors whose first dimension is the
+    batch: saliency, class activation maps) are gathered with the batch, so that a mixer sees the needs of every
+    sample it mixes; other values (a network) are passed as they are.
     """
     world, rank = _world()
     if scope == "local" or world == 1:
@@ -54,6 +60,10 @@ def mix_across_ranks(
         raise ValueError(f"scope must be one of {PAIRING_SCOPES}, got {scope!r}")
     x_all, sizes = gather_batches(x.detach())
     y_all, _ = gather_batches(y)
+    context = {
+        name: gather_batches(value.detach())[0] if _per_sample(value, x.shape[0]) else value
+        for name, value in context.items()
+    }
     out = mixer(x_all, y_all, generator=generator, **context)
     start = sum(sizes[:rank])
     mine = slice(start, start + x.shape[0])
