@@ -25,6 +25,7 @@ from torch import Tensor, nn  # noqa: E402
 
 import openmix  # noqa: E402
 from openmix.lightning.services import mixer_inputs  # noqa: E402
+from openmix.mixers._registry import accepts_argument  # noqa: E402
 
 NETWORK_NOTE = (
     "mixers that need a network see the image's brightness as its features (the brightest partner cells move)"
@@ -59,9 +60,11 @@ def needs_network(name: str) -> bool:
 
 
 def mix_with(name: str, images: Tensor, labels: Tensor, mode: str | None, seed: int) -> openmix.MixOutput:
-    """One call of mixer ``name`` (paper defaults, ``mode`` unless ``None``) on the batch, with a generator seeded
-    by ``seed`` (same picture every run) and its needs computed with :class:`BrightnessNetwork`."""
-    mixer = openmix.create_mixer(name, **({} if mode is None else {"mode": mode}))
+    """One call of mixer ``name`` (paper defaults, ``mode`` unless ``None`` or the mixer has none) on the batch,
+    with a generator seeded by ``seed`` (same picture every run) and its needs computed with
+    :class:`BrightnessNetwork`."""
+    takes_mode = mode is not None and accepts_argument(openmix.get_mixer_entry(name).cls, "mode")
+    mixer = openmix.create_mixer(name, **({"mode": mode} if takes_mode else {}))  # Co-Mixup has no mode
     num_classes = int(labels.max()) + 1 if labels.dim() == 1 else labels.shape[1]
     network = BrightnessNetwork(images.shape[1], max(num_classes, 10), getattr(mixer, "grid", 7))
     generator = torch.Generator().manual_seed(seed)

@@ -57,12 +57,27 @@ class WithNeeds(nn.Module):
         return self.mixer(x, y, generator=generator, lam=lam, **{**needs, **context})
 
 
+TWO_SOURCE_OPTIONS = ("mode", "pairing")  # contract-test options that a k-source method may lack (Co-Mixup)
+
+
+def takes_option(name: str, option: str) -> bool:
+    """Whether mixer ``name``'s class takes the constructor argument ``option``."""
+    from openmix.mixers._registry import accepts_argument
+
+    return accepts_argument(openmix.get_mixer_entry(name).cls, option)
+
+
 def build_mixer(name: str, **kwargs) -> nn.Module:
     """``create_mixer``, called with what the mixer needs (see :class:`WithNeeds`) when it needs anything.
 
     The contract tests mix images: a hidden-state mixer is set to its stage 0 (the input) as the trainer would after
-    drawing it; what it does on hidden states is tested in its own file and in test_protocol.py."""
+    drawing it; what it does on hidden states is tested in its own file and in test_protocol.py. ``mode`` and
+    ``pairing`` are left out for a class that has no such argument (the tests about them skip it); any other
+    argument goes through, so a misspelt one is still an error."""
     entry = openmix.get_mixer_entry(name)
+    for option in TWO_SOURCE_OPTIONS:
+        if option in kwargs and not takes_option(name, option):
+            del kwargs[option]
     if "features" in entry.hooks and "layers" in entry.defaults:
         kwargs.setdefault("layers", (0,))
     mixer = openmix.create_mixer(name, **kwargs)
@@ -81,8 +96,12 @@ def box_of(mask_row: torch.Tensor) -> tuple[int, int, int, int] | None:
 
 def partner_pixels(mixer: nn.Module, x: torch.Tensor, out: openmix.MixOutput) -> torch.Tensor | None:
     """What the (1 - mask) part of ``out.x`` must hold: the partner ``x[index]``, or ``None`` for mixers that move
-    the partner's content first (``moves_partner``: resized, cropped or aligned; their own tests check it)."""
-    return None if getattr(mixer, "moves_partner", False) else x[out.index].float()
+    the partner's content first (``moves_partner``: resized, cropped or aligned; their own tests check it) and for
+    k-source outputs (``out.indices`` set: the (1 - mask) part holds several sources, which the k-source branch of
+    test_mixers.assert_pixel_label_consistency checks with ``out.masks``)."""
+    if getattr(mixer, "moves_partner", False) or out.indices is not None:
+        return None
+    return x[out.index].float()
 
 
 @pytest.fixture

@@ -69,6 +69,8 @@ def _description(module: nn.Module) -> tuple:
 @pytest.mark.parametrize("arguments", [{}, {"mode": "elem"}], ids=["defaults", "elem"])
 def test_create_mixer_builds_what_the_constructor_builds(name, arguments):
     entry = openmix.get_mixer_entry(name)
+    if "mode" in arguments and not _registry.accepts_argument(entry.cls, "mode"):
+        pytest.skip(f"{name} has no mode argument (Co-Mixup, AdaMixUp): the defaults case covers it")
     if "extractor" in entry.defaults:
         arguments = {**arguments, "extractor": nn.Identity()}
     assert _description(openmix.create_mixer(name, **arguments)) == _description(entry.cls(**arguments))

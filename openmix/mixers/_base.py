@@ -50,23 +50,31 @@ class MixOutput:
     Attributes:
         x: mixed batch (B, C, H, W), same dtype, device and memory format as the input.
         index: (B,) int64; sample i was mixed with input sample ``index[i]``.
-        lam: (B,) float32 in [0, 1]; the share of sample i itself in ``x[i]`` and the weight of ``y_a``.
+        lam: (B,) float32 in [0, 1]; the share of sample i itself in ``x[i]`` and the weight of ``y_a`` (k sources:
+            the share of ``indices[:, 0]``).
         y_a: labels of the samples themselves (the input ``y``).
         y_b: labels of the partners, ``y[index]``.
-        mask: ``None`` for global interpolation, else the per-pixel weight of sample i itself, (1 or B, 1, H, W)
-            float32, broadcastable to ``x``.
+        mask: ``None`` for global interpolation, else the per-pixel weight of sample i itself (k sources: of
+            ``indices[:, 0]``), (1 or B, 1, H, W) float32, broadcastable to ``x``.
         indices: ``None`` for two sources, else (B, k) int64: output i mixes the inputs ``indices[i]`` (k-source
-            methods: Co-Mixup, AdAutoMix). ``indices[:, 0]`` is sample i itself and ``indices[:, 1]`` its largest
-            other source, so ``index == indices[:, 1]``; ``y_a`` must then hold the whole batch's labels.
+            methods: Co-Mixup, AdAutoMix). ``indices[:, 0]`` is the source whose share is ``lam``: sample i itself
+            for methods that keep one, else the largest source (Co-Mixup orders its sources by share, largest
+            first); ``indices[:, 1]`` is the largest other source, so ``index == indices[:, 1]``; ``y_a`` must then
+            hold the whole batch's labels. k is fixed per call: a method pads the rows that use fewer sources (for
+            Co-Mixup with weight 0, a zero mask and the index ``indices[:, 0]``).
         weights: ``None`` for two sources, else (B, k) float32 pixel shares of the k sources (rows sum to 1;
             ``lam == weights[:, 0]``).
+        masks: ``None``, or with ``indices`` the (B, k, H, W) float32 per-pixel weight of each of the k sources
+            (summing to 1 over k at every pixel): ``x[i] == sum_j masks[i, j] * x_in[indices[i, j]]`` for a method
+            that moves no content, ``weights == masks.mean((2, 3))``, and ``mask == masks[:, :1]``.
         label_weights: ``None``, or (B, 2) / (B, k) float32 weights of each source's label in the targets when they
             differ from the pixel shares: AutoMix labels its mix with the sampled lambda, TransMix / TokenMix with
             attention, SnapMix with class activation maps (its rows need not sum to 1). ``lam`` stays the pixel share
             (the contract); the loss reads :meth:`label_weight_matrix`.
 
     The two-source form (``index``, ``lam``, ``y_a``, ``y_b``, ``mask``) is always filled; k-source methods add
-    ``indices`` / ``weights``, and the two-source fields then describe the two largest sources.
+    ``indices`` / ``weights`` (and, when they mask pixels, ``masks``), and the two-source fields then describe the two
+    largest sources.
     """
 
     x: Tensor
@@ -78,6 +86,7 @@ class MixOutput:
     label_weights: Tensor | None = None
     indices: Tensor | None = None
     weights: Tensor | None = None
+    masks: Tensor | None = None
 
     @property
     def target_lam(self) -> Tensor:
@@ -212,6 +221,8 @@ class Mixer(nn.Module, abc.ABC):
     - ``moves_own``: sample i's own content is rearranged too before the blend (PuzzleMix's transport), so ``mask``
       holds a transform of ``x[i]``; an instance sets it from its options.
     - ``learned``: its parameters are trained during training (then ``trained_by`` names the module class that can).
+    - ``takes_lam``: ``forward`` accepts an explicit ``lam`` (Co-Mixup does not: it chooses every output's shares by
+      optimisation and refuses a ``lam`` with a ``ValueError``).
     """
 
     hooks: ClassVar[tuple[str, ...]] = ("inputs",)
@@ -223,6 +234,7 @@ class Mixer(nn.Module, abc.ABC):
     moves_partner: ClassVar[bool] = False
     moves_own: bool = False
     learned: ClassVar[bool] = False
+    takes_lam: ClassVar[bool] = True
     trained_by: ClassVar[str | None] = None
     inplace: bool = False
     registry_name: str = ""

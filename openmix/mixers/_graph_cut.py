@@ -367,6 +367,10 @@ def _cut(
 ) -> np.ndarray:
     """gco on one sample's int32 terms (what ``gco.cut_grid_graph`` does, with the graph freed on any error)."""
     gco = _load_gco()
+    # gco reads the raw buffers: every array must be C-contiguous int32 (a transposed view would be misread)
+    data, cost, first, second, weights = (
+        np.ascontiguousarray(array, dtype=np.int32) for array in (data, cost, first, second, weights)
+    )
     graph = gco.GCO()
     graph.create_general_graph(data.shape[0], data.shape[1], False)
     try:

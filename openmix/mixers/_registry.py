@@ -68,6 +68,14 @@ def signature_defaults(cls: type) -> dict[str, Any]:
     }
 
 
+def accepts_argument(cls: type, name: str) -> bool:
+    """Whether ``cls(...)`` takes the keyword argument ``name`` (by name or through ``**kwargs``). Callers that hand
+    the two-source options (``mode``, ``pairing``) to any mixer use it to leave them out for a method without them
+    (Co-Mixup)."""
+    parameters = inspect.signature(cls.__init__).parameters
+    return name in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+
+
 _REGISTRY: dict[str, MixerEntry] = {}
 
 

@@ -259,3 +259,24 @@ def lam_to_weight(lam: Tensor, mode: str, x: Tensor) -> Tensor | float:
     if mode == "batch":
         return float(lam[0])
     return lam.to(device=x.device, dtype=x.dtype).view(-1, *([1] * (x.dim() - 1)))
+
+
+def check_saliency(saliency: Any, x: Tensor, owner: str = "this mixer") -> Tensor:
+    """The ``saliency`` need of PuzzleMix and Co-Mixup: a (B, H, W) floating point tensor like ``x``'s batch and image
+    size, on ``x``'s device; else a ``ValueError`` / ``TypeError`` naming ``saliency`` and ``owner`` (its values are
+    checked where the block averages are made)."""
+    if saliency is None:
+        raise ValueError(
+            f"{owner} needs the saliency of the clean batch: call it with saliency=... of shape (B, H, W), the "
+            "channel norm of the input gradient of the clean loss (openmix.lightning.services.input_saliency)"
+        )
+    if not isinstance(saliency, Tensor):
+        raise TypeError(f"saliency must be a torch.Tensor of shape (B, H, W), got {type(saliency).__name__}")
+    expected = (x.shape[0], *x.shape[-2:])
+    if tuple(saliency.shape) != expected:
+        raise ValueError(f"saliency must have shape {expected} like the batch, got {tuple(saliency.shape)}")
+    if not saliency.is_floating_point():
+        raise TypeError(f"saliency must be a floating point tensor, got {saliency.dtype}")
+    if saliency.device != x.device:
+        raise ValueError(f"saliency is on {saliency.device} but x is on {x.device}: move both to the same device")
+    return saliency

@@ -75,26 +75,6 @@ from openmix.mixers._registry import register_mixer
 from openmix.mixers._transport import apply_transport, transport_plan
 
 
-def check_saliency(saliency: Any, x: Tensor, owner: str = "puzzlemix") -> Tensor:
-    """The ``saliency`` need: a (B, H, W) floating point tensor like ``x``'s batch and image size, on ``x``'s device,
-    finite and >= 0; else an error naming ``saliency``."""
-    if saliency is None:
-        raise ValueError(
-            f"{owner} needs the saliency of the clean batch: call it with saliency=... of shape (B, H, W), the "
-            "channel norm of the input gradient of the clean loss (openmix.lightning.services.input_saliency)"
-        )
-    if not isinstance(saliency, Tensor):
-        raise TypeError(f"saliency must be a torch.Tensor of shape (B, H, W), got {type(saliency).__name__}")
-    expected = (x.shape[0], *x.shape[-2:])
-    if tuple(saliency.shape) != expected:
-        raise ValueError(f"saliency must have shape {expected} like the batch, got {tuple(saliency.shape)}")
-    if not saliency.is_floating_point():
-        raise TypeError(f"saliency must be a floating point tensor, got {saliency.dtype}")
-    if saliency.device != x.device:
-        raise ValueError(f"saliency is on {saliency.device} but x is on {x.device}: move both to the same device")
-    return saliency
-
-
 def _check_channels(value: Any, name: str) -> tuple[float, ...] | None:
     if value is None:
         return None
@@ -245,7 +225,7 @@ class PuzzleMix(PairMixer):
         self, x: Tensor, index: Tensor, lam: Tensor | None, generator: torch.Generator | None, **context: Any
     ) -> tuple[Tensor, Tensor, Tensor]:
         batch, _, height, width = x.shape
-        saliency = check_saliency(context.get("saliency"), x)
+        saliency = F_mix.check_saliency(context.get("saliency"), x, "puzzlemix")
         lam = self.draw_lam(lam, batch, generator)
         grid = self.draw_grid(height, width, generator)
         blocks, pooled = self.block_masks(x, index, lam, saliency, grid)

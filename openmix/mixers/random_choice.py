@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from openmix.mixers._base import MODES, Mixer, MixOutput, check_call, check_choice
-from openmix.mixers._registry import create_mixer, register_mixer
+from openmix.mixers._registry import accepts_argument, create_mixer, get_mixer_entry, register_mixer
 from openmix.mixers.functional import PAIRINGS, check_bool, check_lam, is_real
 
 # DeiT's switch: mixup with alpha 0.8 or CutMix with alpha 1.0, each with probability 0.5
@@ -24,17 +24,27 @@ DEIT_MIXERS = ({"name": "mixup", "alpha": 0.8}, {"name": "cutmix", "alpha": 1.0}
 
 
 def _build_child(spec: str | Mapping[str, Any] | nn.Module, shared: dict[str, Any]) -> nn.Module:
-    """A child mixer from a name, a mapping ``{"name": ..., **kwargs}`` or a built module."""
+    """A child mixer from a name, a mapping ``{"name": ..., **kwargs}`` or a built module. The ``shared`` options
+    go to the children that take them (Co-Mixup has no ``mode`` or ``pairing``)."""
     if isinstance(spec, nn.Module):
         return spec
     if isinstance(spec, str):
-        return create_mixer(spec, **shared)
+        return create_mixer(spec, **_taken(spec, shared))
     if isinstance(spec, Mapping):
         if "name" not in spec:
             raise ValueError(f"a mixer given as a mapping needs a 'name' key, got keys {sorted(spec)}")
         kwargs = {key: value for key, value in spec.items() if key != "name"}
-        return create_mixer(spec["name"], **{**shared, **kwargs})
+        return create_mixer(spec["name"], **{**_taken(spec["name"], shared), **kwargs})
     raise TypeError(f"mixers must hold names, mappings or nn.Modules, got {type(spec).__name__}")
+
+
+def _taken(name: Any, shared: dict[str, Any]) -> dict[str, Any]:
+    """The ``shared`` options that mixer ``name`` takes (an unknown name keeps them all: create_mixer names it)."""
+    try:
+        cls = get_mixer_entry(name).cls
+    except (TypeError, ValueError):
+        return shared
+    return {key: value for key, value in shared.items() if accepts_argument(cls, key)}
 
 
 @register_mixer(
