@@ -6,7 +6,8 @@ trained here for a short while on the CPU (``--steps`` SGD steps of batch 64 on 
 test accuracy after 300 steps), then the mixers run with the trainer's own services
 (:func:`openmix.lightning.services.mixer_inputs`) on the first ``--num`` test images. The images are zero-padded
 from 28 to 32 pixels (black border, Fashion-MNIST's background) so that block grids of 2, 4, 8 and 16 divide them,
-as on CIFAR; each mixer runs with its class defaults except ``mean``/``std``, set to the normalisation used here.
+as on CIFAR; each mixer runs with its class defaults except ``mean``/``std`` (where it takes them), set to the
+normalisation used here.
 
 Rows: the images, their saliency (the channel norm of the input gradient of the clean loss, normalised per image),
 then for each of ``--draws`` calls (different generator seeds: different lambdas, grids and partners) the mixed
@@ -37,6 +38,7 @@ import openmix  # noqa: E402
 from openmix.data.readers import FASHION_MNIST_CLASSES, load_fashion_mnist  # noqa: E402
 from openmix.lightning.module import build_backbone  # noqa: E402
 from openmix.lightning.services import mixer_inputs  # noqa: E402
+from openmix.mixers._registry import accepts_argument  # noqa: E402
 
 DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
 MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST's normalisation (openmix/data/modules.py FashionMNISTData)
@@ -103,7 +105,8 @@ def render(network: nn.Module, x: Tensor, y: Tensor, names: list[str], seed: int
         show(axes[1, i], heat.numpy(), "saliency", cmap="magma", vmin=0, vmax=1)
     runs = [(name, draw) for name in names for draw in range(draws)]
     for row, (name, draw) in enumerate(runs):
-        mixer = openmix.create_mixer(name, mean=[MEAN], std=[STD])
+        scale = {"mean": [MEAN], "std": [STD]} if accepts_argument(openmix.get_mixer_entry(name).cls, "mean") else {}
+        mixer = openmix.create_mixer(name, **scale)
         needs = mixer_inputs(mixer, network, x, y)
         out = mixer(x, y, generator=torch.Generator().manual_seed(seed + draw), **needs)
         mixed = (out.x[:, 0].detach() * STD + MEAN).clamp(0, 1).numpy()
