@@ -75,7 +75,8 @@ def show_command(args: Sequence[str]) -> None:
             parser.error(str(error))
         if entry.learned:  # a learned mixer has nothing to show before it is trained
             parser.error(
-                f"{name} is learned during training ({entry.cls.trained_by}); an untrained one has no masks to show"
+                f"{name} is learned during training ({entry.cls.trained_by or 'openmix.lightning.MixClassifier'}); "
+                "an untrained one has no masks to show"
             )
     import torch
 

@@ -373,9 +373,11 @@ SOURCE_MARKERS = (
     "Sense-X/TokenMix",
     "vikasverma1077/manifold_mixup",
     "shashankvkt/AlignMixup_CVPR22",
+    "JinXins/SUMix",
     "openmix's own choice",
     "no published",
     "No published",
+    "SITE5039/AdaMixUp",
 )
 NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?:[eE]-?\d+)?")
 

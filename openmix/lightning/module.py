@@ -35,7 +35,6 @@ from openmix.data.readers import check_seed
 from openmix.lightning.distributed import PAIRING_SCOPES, mix_across_ranks
 from openmix.lightning.optim import SGD, WarmupCosineLR
 from openmix.lightning.services import (
-    AFTER_FORWARD,
     AttentionRecorder,
     StepServices,
     check_services,
@@ -326,9 +325,9 @@ class MixClassifier(L.LightningModule):
         return logits, clean_logits, mixed[0]
 
     def refine_targets(self, mix: MixOutput, services: StepServices) -> MixOutput:
-        """Hook ``targets``: the mixer re-weights the labels from what the network saw (attention, ...)."""
-        wanted = self.mixer.requires
-        return self.mixer.refine_targets(mix, **{need: services.get(need) for need in wanted if need in AFTER_FORWARD})
+        """Hook ``targets``: the mixer re-weights the labels from what the network saw (attention, ...); it gets
+        its needs known by then (recorded during the forward pass, or computed for its call: the network, ...)."""
+        return self.mixer.refine_targets(mix, **services.after_forward(self.mixer.requires))
 
     # ----- steps --------------------------------------------------------------------------------------------------
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:

@@ -291,6 +291,12 @@ class StepServices:
         """``{need: value}`` for the needs known before the forward pass (all but ``AFTER_FORWARD``)."""
         return self.provide(needs, exclude=AFTER_FORWARD)
 
+    def after_forward(self, needs: Sequence[str]) -> dict[str, Any]:
+        """``{need: value}`` for the needs of ``needs`` known once the forward pass ran: those recorded during it
+        (``AFTER_FORWARD``) and those already computed this step for the mixer's call. Nothing new is computed, so a
+        mixer that asked for its needs itself (``takes_services``) gets back only the ones it asked for."""
+        return {need: self.get(need) for need in needs if need in AFTER_FORWARD or need in self._cache}
+
     def mixer_inputs(self, mixer: nn.Module) -> dict[str, Any]:
         """The call-time arguments of ``mixer`` before the forward pass: these services themselves for a mixer that
         asks for its needs once it knows them (``takes_services``), else the values of its needs."""
