@@ -149,7 +149,8 @@ def test_every_need_has_one_provider_computed_at_most_once():
     calls = []
     network.register_forward_hook(lambda module, inputs, output: calls.append(1))
     x, y = batch()
-    services = StepServices(network, x, y, momentum_model=network, attention=torch.zeros(6, 2, 2))
+    recorded = {"attention": torch.zeros(6, 2, 2), "embedding": torch.zeros(6, 4)}
+    services = StepServices(network, x, y, momentum_model=network, **recorded)
     for need in NEEDS:
         services.get(need)
     forwards = len(calls)

@@ -60,9 +60,13 @@ def built(network: nn.Module, **kwargs) -> SUMix:
     return mixer
 
 
-def direct_sumix(network: Probe, layer: nn.Linear | None, clean: Tensor, mix, prior: Tensor) -> tuple[Tensor, Tensor]:
+def direct_sumix(
+    network: Probe, layer: nn.Linear | None, clean: Tensor, mix, prior: Tensor, similarity: str = "visible"
+) -> tuple[Tensor, Tensor]:
     """lam_hat (B,) and the regulariser, one sample at a time from the formulas (cls_mixup_head.py:453, 487-520 of
-    JinXins/SUMix, the regulariser per sample), the scale being the batch size."""
+    JinXins/SUMix, the regulariser per sample), the scale being the batch size; ``"visible"`` takes the softmax of
+    q - p_mix, ``"released"`` the code's p_mix - q."""
+    sign = 1.0 if similarity == "released" else -1.0
     batch = clean.shape[0]
     clean_embedding, mixed_embedding = network.embed(clean), network.embed(mix.x)
     clean_logits, mixed_logits = network.fc(clean_embedding), network.fc(mixed_embedding)
@@ -82,8 +86,8 @@ def direct_sumix(network: Probe, layer: nn.Linear | None, clean: Tensor, mix, pr
         p_mix = torch.softmax(mixed_logits[i].detach(), dim=0)
         p_own[b] = 0.0
         p_partner[a] = 0.0
-        s_a = torch.softmax(p_mix - p_own, dim=0)
-        s_b = torch.softmax(p_mix - p_partner, dim=0)
+        s_a = torch.softmax(sign * (p_mix - p_own), dim=0)
+        s_b = torch.softmax(sign * (p_mix - p_partner), dim=0)
         s_a = s_a / torch.sqrt((s_a**2).sum()) * batch
         s_b = s_b / torch.sqrt((s_b**2).sum()) * batch
         share_a = prior[i, 0] * torch.exp(-s_a[a])
@@ -116,7 +120,7 @@ def test_two_samples_with_one_pixel_share_get_their_own_ratios():
     mix, logits, refined = one_step(mixer, network, x, y, lam=0.5)
     assert torch.all(mix.lam == mix.lam[0]) and 0 < float(mix.lam[0]) < 1
     lam_hat = refined.label_weights[:, 0]
-    assert abs(float(lam_hat[0] - lam_hat[3])) > 0.1, "the same pixel share, different contents: different ratios"
+    assert abs(float(lam_hat[0] - lam_hat[3])) > 0.02, "the same pixel share, different contents: different ratios"
     expected, _ = direct_sumix(network, mixer.uncertainty, x, mix, mix.label_weight_matrix())
     torch.testing.assert_close(lam_hat, expected.detach())
     torch.testing.assert_close(refined.label_weights[:, 1], 1 - lam_hat)
@@ -130,18 +134,45 @@ def test_two_samples_with_one_pixel_share_get_their_own_ratios():
     assert not torch.isclose(used, collapsed), "the batch-mean form of the released code weighs samples differently"
 
 
-def test_the_released_formula_weighs_a_label_down_when_the_mix_shows_it_more():
-    """A property of the released similarity (cls_mixup_head.py:494-514), kept as it is: the share of y_a falls as
-    the mixed image shows more of y_a's class (documented in the module; see the report)."""
+@pytest.mark.parametrize("similarity", ["visible", "released"])
+def test_the_share_follows_what_the_mix_shows_and_the_released_sign_inverts_it(similarity):
+    """The default gives y_a a larger share as the mixed image shows more of y_a's class (the paper's aim); the
+    released similarity (cls_mixup_head.py:494-514, ``similarity="released"``) does the opposite. Both against the
+    formula written out above."""
     network = Probe()
     y = torch.tensor([0, 1])
     shares = []
     for strong in (1.0, 4.0):  # sample 0's image ever stronger, same pixels share
         x = class_images([0, 1], [strong, 1.0])
-        mixer = built(network, mixer=Mixup(pairing="flip"))
-        _, _, refined = one_step(mixer, network, x, y, lam=0.5)
+        mixer = built(network, mixer=Mixup(pairing="flip"), similarity=similarity)
+        mix, _, refined = one_step(mixer, network, x, y, lam=0.5)
+        expected, _ = direct_sumix(network, mixer.uncertainty, x, mix, mix.label_weight_matrix(), similarity)
+        torch.testing.assert_close(refined.label_weights[:, 0], expected.detach())
         shares.append(float(refined.label_weights[0, 0]))
-    assert shares[1] < shares[0]
+    assert shares[1] > shares[0] if similarity == "visible" else shares[1] < shares[0]
+
+
+def test_the_trainers_recorded_embedding_replaces_a_second_mixed_pass():
+    """In a training step the network runs twice (the mixed batch, then the clean one for SUMix), not three times,
+    and the recorded embedding gives what a separate mixed pass gives."""
+    model = MixClassifier(**CNN, mixer="sumix")
+    model.mixer.mixer.alpha = 1.0
+    calls = []
+    model.network.register_forward_hook(lambda *args: calls.append(1))
+    x, y = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 2, 3, 0, 1])
+    with torch.no_grad():
+        model.network.eval()  # batch norm on running statistics: passes of the same batch agree
+        mix = model.mixer(x, y, generator=torch.Generator().manual_seed(1), model=model.network)
+        with openmix.lightning.services.EmbeddingRecorder(model.network) as recorder:
+            model.network(mix.x)
+        recorded = model.mixer.refine_targets(mix, model=model.network, embedding=recorder.embedding)
+        mix = model.mixer(x, y, generator=torch.Generator().manual_seed(1), model=model.network)
+        again = model.mixer.refine_targets(mix, model=model.network)
+    torch.testing.assert_close(recorded.label_weights, again.label_weights)
+    model.network.train()
+    calls.clear()
+    model.training_step((x, y), 0)
+    assert len(calls) == 2
 
 
 def test_a_large_scale_does_not_underflow():
@@ -227,13 +258,13 @@ def test_the_base_mixer_is_given_like_a_config_gives_it():
     assert SUMix().mixer.alpha == 0.2 and isinstance(SUMix().mixer, CutMix)  # the authors' CIFAR-100 base
     by_name = SUMix("fmix", alpha=0.3, mode="elem", pairing="flip")
     assert isinstance(by_name.mixer, FMix) and (by_name.mixer.alpha, by_name.mixer.mode) == (0.3, "elem")
-    assert by_name.mixer.pairing == "flip" and by_name.requires == ("model",)
+    assert by_name.mixer.pairing == "flip" and by_name.requires == ("embedding", "model")
     assert SUMix({"name": "cutmix", "alpha": 1.0}, alpha=0.3).mixer.alpha == 1.0  # the mapping's own wins
     typed = SUMix({"class_path": "openmix.mixers.ResizeMix", "init_args": {"alpha": 1.0}})
     assert isinstance(typed.mixer, ResizeMix) and typed.mixer.alpha == 1.0 and typed.moves_partner
     own = CutMix(alpha=2.0, mode="elem")
     assert SUMix(own).mixer is own and SUMix(own).shares_batch_mask == own.shares_batch_mask
-    assert SUMix("snapmix").requires == ("cam", "model")
+    assert SUMix("snapmix").requires == ("cam", "embedding", "model")
     x, y = torch.rand(6, 3, 12, 12, generator=torch.Generator().manual_seed(0)), torch.arange(6)
     alone = own(x, y, generator=torch.Generator().manual_seed(5))
     wrapped = SUMix(own)(x, y, generator=torch.Generator().manual_seed(5))
@@ -344,7 +375,7 @@ def test_the_training_step_uses_the_refined_labels_and_adds_the_regulariser():
     generator = torch.Generator().manual_seed(0)
     x, y = torch.randn(6, 1, 16, 16, generator=generator), torch.randint(0, 4, (6,), generator=generator)
     loss = model.training_step((x, y), 0)
-    assert seen["needs"] == {"model"} and seen["used"] is seen["refined"]
+    assert seen["needs"] == {"model", "embedding"} and seen["used"] is seen["refined"]
     torch.testing.assert_close(loss, seen["objective"] + seen["own"])
     loss.backward()
     assert model.mixer.uncertainty.weight.grad is not None

@@ -35,7 +35,8 @@ from openmix.data.readers import check_seed
 from openmix.lightning.distributed import PAIRING_SCOPES, mix_across_ranks
 from openmix.lightning.optim import SGD, WarmupCosineLR
 from openmix.lightning.services import (
-    AttentionRecorder,
+    AFTER_FORWARD,
+    RECORDERS,
     StepServices,
     check_services,
     check_stages,
@@ -324,6 +325,13 @@ class MixClassifier(L.LightningModule):
             logits, clean_logits = self.forward_batches(x, x, with_clean)
         return logits, clean_logits, mixed[0]
 
+    def forward_recorders(self, hooks: tuple[str, ...]) -> dict[str, Any]:
+        """The recorders of the needs the mixer reads from the step's forward pass (``AFTER_FORWARD``: attention,
+        embedding), when a hook after the forward pass (``targets``, ``loss``) will use them."""
+        if not ({"targets", "loss"} & set(hooks)):
+            return {}
+        return {need: RECORDERS[need](self.network) for need in self.mixer.requires if need in AFTER_FORWARD}
+
     def refine_targets(self, mix: MixOutput, services: StepServices) -> MixOutput:
         """Hook ``targets``: the mixer re-weights the labels from what the network saw (attention, ...); it gets
         its needs known by then (recorded during the forward pass, or computed for its call: the network, ...)."""
@@ -335,17 +343,19 @@ class MixClassifier(L.LightningModule):
         services = self.step_services(x, y)
         mixing = self.should_mix(batch_idx)
         hooks = self.mixer.hooks if mixing else ()
-        wants_attention = "targets" in hooks and "attention" in self.mixer.requires  # recorded only when used
-        recorder = AttentionRecorder(self.network) if wants_attention else None
+        recorders = self.forward_recorders(hooks)  # what the mixer reads from the forward pass, recorded if used
         with_clean = self.objective.uses_clean_batch  # RegMixup: the clean batch's loss too
-        with recorder or contextlib.nullcontext():  # 1-2. inputs / features: the mixed batch through the network
+        with contextlib.ExitStack() as stack:  # 1-2. inputs / features: the mixed batch through the network
+            for recorder in recorders.values():
+                stack.enter_context(recorder)
             if mixing:
                 logits, clean_logits, mix = self.forward_mixed(x, y, services, with_clean)
             else:
                 mix = MixOutput.identity(x, y)
                 logits, clean_logits = self.forward_batches(x, x, with_clean)
+        for need, recorder in recorders.items():
+            services.record(need, recorder.mixed_part(x.shape[0]))
         if "targets" in hooks:  # 3. targets: labels re-weighted from what the network saw
-            services.attention = recorder.mixed_part(x.shape[0]) if recorder is not None else None
             mix = self.refine_targets(mix, services)
         loss = self.objective(logits, mix, clean_logits) if with_clean else self.objective(logits, mix)
         if "loss" in hooks:  # 4. the mixer's own loss (learned mixers)

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from openmix.losses import one_hot_targets, soft_target_cross_entropy
 from openmix.mixers._base import NEEDS
 
-AFTER_FORWARD = ("attention",)
+AFTER_FORWARD = ("attention", "embedding")
 """Needs known only once the mixed batch went through the network (handed to ``refine_targets``)."""
 
 
@@ -164,6 +164,54 @@ class AttentionRecorder:
         return weights[:, self.prefix :].reshape(batch, *self.grid)
 
 
+# ----- the classifier's input (pooled embedding) --------------------------------------------------------------------
+def check_embedding_network(network: nn.Module) -> None:
+    """A network whose classifier input :class:`EmbeddingRecorder` can record: ``get_classifier()`` an ``nn.Linear``
+    (the pooled pre-logits features go in, the logits come out); else a ``ValueError`` naming what is missing."""
+    name = type(network).__name__
+    classifier = network.get_classifier() if callable(getattr(network, "get_classifier", None)) else None
+    if not isinstance(classifier, nn.Linear):
+        kind = "none" if classifier is None else type(classifier).__name__
+        raise ValueError(
+            f"the pooled embedding is the input of a linear classifier (get_classifier()); {name}'s is {kind}"
+        )
+
+
+class EmbeddingRecorder:
+    """Records, during a forward pass, the input of the network's classifier: (n, D), with its graph.
+
+    A context manager around the forward pass (a forward pre-hook on ``get_classifier()``); :attr:`embedding` is
+    then what the classifier received, so ``classifier(embedding)`` gives the pass's logits. The forward pass itself
+    is unchanged."""
+
+    def __init__(self, network: nn.Module):
+        check_embedding_network(network)
+        self.classifier = network.get_classifier()
+        self.embedding: Tensor | None = None
+        self._calls = 0
+
+    def _capture(self, module: nn.Module, inputs: tuple[Any, ...]) -> None:
+        self.embedding = inputs[0]
+        self._calls += 1
+
+    def __enter__(self) -> EmbeddingRecorder:
+        self._handle = self.classifier.register_forward_pre_hook(self._capture)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._handle.remove()
+        if exc[0] is None and self._calls != 1:
+            raise ValueError(f"the classifier ran {self._calls} times in one forward pass; expected once")
+
+    def mixed_part(self, batch_size: int) -> Tensor | None:
+        """The embedding of the last ``batch_size`` samples (the mixed half when the clean batch went alongside)."""
+        return None if self.embedding is None else self.embedding[-batch_size:]
+
+
+RECORDERS = {"attention": AttentionRecorder, "embedding": EmbeddingRecorder}
+"""The recorder of each need of ``AFTER_FORWARD``: built on the network, entered around the step's forward pass."""
+
+
 # ----- feature stages ----------------------------------------------------------------------------------------------
 def feature_stages(network: nn.Module) -> list[str]:
     """Module names of the network's feature stages: timm's ``feature_info`` entries, without a CNN stem's (a first
@@ -237,7 +285,8 @@ class StepServices:
         x: the clean batch (B, C, H, W).
         y: its labels, (B,) class ids or (B, K) targets.
         momentum_model: the momentum copy of the network, for trainers that keep one.
-        attention: the class-token attention recorded during the forward pass, once known.
+        attention, embedding: the values recorded during the forward pass (``AFTER_FORWARD``), once known; the
+            trainer hands them over with :meth:`record`.
 
     :meth:`provide` maps names from ``NEEDS`` to values; an unknown or unavailable need raises ``ValueError``.
     """
@@ -249,26 +298,36 @@ class StepServices:
         y: Tensor,
         momentum_model: nn.Module | None = None,
         attention: Tensor | None = None,
+        embedding: Tensor | None = None,
     ):
         self.network = network
         self.x = x
         self.y = y
         self.momentum_model = momentum_model
-        self.attention = attention
+        self.recorded: dict[str, Tensor | None] = {"attention": attention, "embedding": embedding}
         self._cache: dict[str, Any] = {}
         self._providers: dict[str, Callable[[], Any]] = {
             "model": lambda: self.network,
             "saliency": lambda: input_saliency(self.network, self.x, self.y),
             "cam": lambda: class_activation_maps(self.network, self.x, self.y),
             "features": lambda: stage_features(self.network, self.x),
-            "attention": self._attention,
+            "attention": lambda: self._recorded("attention"),
+            "embedding": lambda: self._recorded("embedding"),
             "momentum_model": self._momentum_model,
         }
 
-    def _attention(self) -> Tensor:
-        if self.attention is None:
-            raise ValueError("attention is known only after the forward pass (hook 'targets')")
-        return self.attention
+    def record(self, need: str, value: Tensor | None) -> None:
+        """Hand over a need recorded during the forward pass (``AFTER_FORWARD``); it replaces any earlier value."""
+        if need not in AFTER_FORWARD:
+            raise ValueError(f"only the needs recorded in the forward pass {AFTER_FORWARD} are recorded, not {need!r}")
+        self.recorded[need] = value
+        self._cache.pop(need, None)
+
+    def _recorded(self, need: str) -> Tensor:
+        value = self.recorded.get(need)
+        if value is None:
+            raise ValueError(f"{need} is known only after the forward pass (hooks 'targets' and 'loss')")
+        return value
 
     def _momentum_model(self) -> nn.Module:
         if self.momentum_model is None:
@@ -307,7 +366,7 @@ class StepServices:
 
 def check_services(network: nn.Module, needs: Sequence[str], owner: str) -> None:
     """Refuse, at construction, a network that cannot give what ``owner`` needs (a ``ValueError`` naming both)."""
-    checks = {"cam": check_cam_network, "attention": check_attention_network}
+    checks = {"cam": check_cam_network, "attention": check_attention_network, "embedding": check_embedding_network}
     for need in needs:
         if need in checks:
             try:

@@ -28,7 +28,7 @@ from openmix.targets import mix_targets, one_hot_targets
 MODES = ("batch", "elem")
 HOOKS = ("inputs", "features", "targets", "loss")
 """Where a mixer acts in a training step, in this order."""
-NEEDS = ("model", "saliency", "features", "attention", "cam", "momentum_model")
+NEEDS = ("model", "saliency", "features", "attention", "cam", "momentum_model", "embedding")
 """What a mixer may need from the trainer (one providing function each, :mod:`openmix.lightning.services`):
 
 - ``model``: the training network (``nn.Module``).
@@ -40,6 +40,8 @@ NEEDS = ("model", "saliency", "features", "attention", "cam", "momentum_model")
 - ``cam``: (B, h, w) float32, the class activation map of each sample's own label on the clean batch, at the
   last feature map's resolution, before any normalisation (needs a global-pool + linear classifier).
 - ``momentum_model``: a momentum (EMA) copy of the training network.
+- ``embedding``: (B, D), the pooled pre-logits features of the mixed batch, i.e. the input of the classifier
+  (``get_classifier()``) in the step's own forward pass, with its graph (no extra pass; known after the forward).
 """
 
 

@@ -12,12 +12,14 @@ partner j = index[i] (labels y_a = y_i, y_b = y_j, prior shares w_a, w_b: the ba
 1 - lam) for a pixel mixer):
 
 - The clean batch goes through the network once more, with gradients, in its current mode (model:285-288); p and
-  p_mix are the softmax of the clean and the mixed logits, without gradients (head:487).
+  p_mix are the softmax of the clean and the mixed logits (the latter from the trainer's forward pass), without
+  gradients (head:487).
 - Semantic vectors (head:488-492): ``q_a = p_i`` with its entry y_b set to 0, ``q_b = p_j`` with its entry y_a set to
   0 (what sample i, resp. its partner, says about its own class, the other label left out).
-- The similarity function (head:494-495): ``s_a = scale * normalize(softmax(p_mix_i - q_a))`` and likewise ``s_b``
+- The similarity function (head:494-495): ``s_a = scale * normalize(softmax(q_a - p_mix_i))`` and likewise ``s_b``
   with q_b: a softmax over the classes of the difference of two probability vectors, divided by its L2 norm, times
-  ``scale`` (the code multiplies by the batch size, ``avg_factor``, head:484).
+  ``scale`` (the code multiplies by the batch size, ``avg_factor``, head:484); the code's sign is the opposite, see
+  "Departures".
 - The re-estimated ratio (head:501-514): ``lam_hat_i = w_a e^{-s_a[y_a]} / (w_a e^{-s_a[y_a]} + w_b e^{-s_b[y_b]})``,
   computed in log space (a softmax over the two sources), so that a large batch does not underflow e^{-s}. The
   labels of the mix become ``(lam_hat_i, 1 - lam_hat_i)`` (``label_weights``, no gradient): the objective, e.g. the
@@ -45,14 +47,21 @@ Departures from the released code:
   and in the regulariser (the code's lam is one number per batch).
 - The ratio is computed in log space (same value; no 0 / 0 when e^{-s} underflows, s reaching the batch size).
 
-Kept from the code, as it is: the similarity is read at the label's entry of a softmax of ``p_mix - q``, so the
-share of y_a grows as the mixed image's probability of y_a falls below the clean image's (a mix that shows less of
-sample i gives y_a more weight). The partner's label is zeroed in q_a even when both labels are equal (head:490-492).
+- The sign of the similarity (``similarity="visible"``, the default): the released code reads the label's entry of a
+  softmax of ``p_mix - q`` (head:494-495), so the share of y_a *grows* as the mixed image's probability of y_a falls
+  below the clean image's: a mix that hides sample i's object gives y_a more weight, the opposite of the paper's
+  stated aim (its abstract: a mixed label that matches what the mixed image shows, where an occluded object should
+  not keep its share). The default reads
+  ``softmax(q - p_mix)`` instead: the probability the mix *loses* of each class, a distance that is small for the
+  class the mix shows, so that class gets the larger share. ``similarity="released"`` keeps the code's sign. The
+  paper's own equation for the similarity could not be read when this was written; the direction follows its text.
 
-Cost: the protocol hands a mixer the network, not the activations of the trainer's forward pass, so SUMix runs the
-mixed batch through the network once more, besides the clean batch: two extra forward and backward passes per step
-(the code runs one, the clean batch), and batch norm's running statistics see the mixed batch twice. With stochastic
-layers (dropout, drop path) the repeated pass draws its own masks.
+Kept from the code: the partner's label is zeroed in q_a even when both labels are equal (head:490-492).
+
+Cost: one extra forward and backward pass per step, of the clean batch (as the code, model:285-288). The mixed
+batch's embedding and logits are those of the trainer's own forward pass: the ``embedding`` need, the classifier's
+input recorded during that pass with its graph (logits = classifier(embedding)). Called outside a trainer without
+``embedding``, the mixed batch is run once more.
 
 Defaults (the authors' configs, ``configs/classification/<dataset>/mixups/uncertain/``):
 
@@ -91,6 +100,8 @@ from openmix.mixers._base import (
 )
 from openmix.mixers._registry import accepts_argument, create_mixer, get_mixer_entry, register_mixer
 
+SIMILARITIES = ("visible", "released")  # the sign of the similarity (module docstring)
+
 
 # ----------------------------------------------------------------------------------------------- the formulas
 def class_ids(y: Tensor) -> Tensor:
@@ -99,20 +110,30 @@ def class_ids(y: Tensor) -> Tensor:
 
 
 def semantic_similarity(
-    clean_logits: Tensor, mixed_logits: Tensor, index: Tensor, y_a: Tensor, y_b: Tensor, scale: float
+    clean_logits: Tensor,
+    mixed_logits: Tensor,
+    index: Tensor,
+    y_a: Tensor,
+    y_b: Tensor,
+    scale: float,
+    similarity: str = "visible",
 ) -> tuple[Tensor, Tensor]:
     """(s_a, s_b), each (B, K) float32 without gradient: SUMix's similarity of the mixed sample i to sample i itself
     (s_a) and to its partner ``index[i]`` (s_b), per class.
 
-    ``s = scale * normalize(softmax(p_mix - q))`` (L2 over the classes), with p_mix the mixed sample's class
-    probabilities and q the clean sample's, its entry of the other source's label set to 0 (head:487-495)."""
+    ``s = scale * normalize(softmax(q - p_mix))`` (L2 over the classes; ``similarity="visible"``, the default) or
+    ``scale * normalize(softmax(p_mix - q))`` (``"released"``, head:494-495), with p_mix the mixed sample's class
+    probabilities and q the clean sample's, its entry of the other source's label set to 0 (head:487-492). A small
+    ``s`` at a label's entry means a large share for it: with ``"visible"`` that is a label whose probability the mix
+    keeps (the class the mix shows), with ``"released"`` one whose probability the mix loses (module docstring)."""
     probs = clean_logits.detach().float().softmax(dim=-1)
     mixed = mixed_logits.detach().float().softmax(dim=-1)
     classes = probs.shape[-1]
     own = probs * (1.0 - F.one_hot(y_b, classes).to(probs))  # sample i, its partner's label left out
     partner = probs.index_select(0, index) * (1.0 - F.one_hot(y_a, classes).to(probs))  # the partner, y_a left out
-    s_a = F.normalize((mixed - own).softmax(dim=-1), dim=-1) * scale
-    s_b = F.normalize((mixed - partner).softmax(dim=-1), dim=-1) * scale
+    sign = 1.0 if similarity == "released" else -1.0
+    s_a = F.normalize((sign * (mixed - own)).softmax(dim=-1), dim=-1) * scale
+    s_b = F.normalize((sign * (mixed - partner)).softmax(dim=-1), dim=-1) * scale
     return s_a, s_b
 
 
@@ -252,19 +273,22 @@ class SUMix(Mixer):
         distance_scale: factor of the similarity; ``None`` is the batch size, as the authors' code.
         uncertainty_head: learn the uncertainty with a linear layer on the pooled embedding (the code's
             ``is_norm=True``); ``False`` uses the network's raw logits instead (``is_norm=False``).
+        similarity: ``"visible"`` (a label's share grows with how much of its class the mix shows, the paper's aim)
+            or ``"released"`` (the authors' code, which has the opposite sign; module docstring).
         num_features, num_classes: the layer's sizes; ``None`` takes them from the network's classifier when the
             trainer checks the network (:meth:`check_network`, at construction, before the optimizer is built).
         mode, pairing, inplace: passed to a base built here from a name or mapping.
 
     Call: ``mix = sumix(x, y, model=network)`` (the base mixer's pixels, lam and mask), then after the forward pass
-    ``mix = sumix.refine_targets(mix, model=network)`` (label weights ``(lam_hat, 1 - lam_hat)``) and ``loss =
-    objective(logits, mix) + sumix.own_loss(mix, model=network)``. ``refine_targets`` and ``own_loss`` take the
-    output of the last call; the regulariser computed by ``refine_targets`` is kept for ``own_loss``. Labels given
-    as (B, K) targets enter the similarity and the regulariser through their arg-max.
+    ``mix = sumix.refine_targets(mix, model=network, embedding=e)`` (label weights ``(lam_hat, 1 - lam_hat)``) and
+    ``loss = objective(logits, mix) + sumix.own_loss(mix, model=network, embedding=e)``, with ``e`` the classifier's
+    input in that forward pass (the trainer records it; without it the mixed batch is run again). ``refine_targets``
+    and ``own_loss`` take the output of the last call; the regulariser computed by ``refine_targets`` is kept for
+    ``own_loss``. Labels given as (B, K) targets enter the similarity and the regulariser through their arg-max.
     """
 
     hooks = ("inputs", "targets", "loss")
-    requires = ("model",)
+    requires = ("model", "embedding")
 
     def __init__(
         self,
@@ -273,6 +297,7 @@ class SUMix(Mixer):
         gamma: float = 0.5,
         distance_scale: float | None = None,
         uncertainty_head: bool = True,
+        similarity: str = "visible",
         num_features: int | None = None,
         num_classes: int | None = None,
         mode: str = "batch",
@@ -291,13 +316,14 @@ class SUMix(Mixer):
             distance_scale = check_positive(distance_scale, "distance_scale")
         self.distance_scale = distance_scale
         self.uncertainty_head = F_mix.check_bool(uncertainty_head, "uncertainty_head")
+        self.similarity = check_choice(similarity, SIMILARITIES, "similarity")
         for name, value in (("num_features", num_features), ("num_classes", num_classes)):
             if value is not None and (not F_mix.is_int(value) or value < 1):
                 raise ValueError(f"{name} must be a positive int or None, got {value!r}")
         self.mixer = build_base(mixer, shared)
         self.alpha = shared["alpha"]
         # what the mix is, is the base mixer's
-        self.requires = tuple(sorted({"model", *self.mixer.requires}))
+        self.requires = tuple(sorted({"model", "embedding", *self.mixer.requires}))
         self.shares_batch_mask = bool(getattr(self.mixer, "shares_batch_mask", True))
         self.moves_partner = bool(getattr(self.mixer, "moves_partner", False))
         self.moves_own = bool(getattr(self.mixer, "moves_own", False))
@@ -311,7 +337,10 @@ class SUMix(Mixer):
 
     def extra_repr(self) -> str:
         scale = "batch size" if self.distance_scale is None else self.distance_scale
-        return f"gamma={self.gamma}, distance_scale={scale}, uncertainty_head={self.uncertainty_head}"
+        return (
+            f"gamma={self.gamma}, distance_scale={scale}, uncertainty_head={self.uncertainty_head}, "
+            f"similarity={self.similarity!r}"
+        )
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_last": None, "_cached": None}  # the step's tensors (and graphs) are not pickled
@@ -361,16 +390,20 @@ class SUMix(Mixer):
         return out
 
     # ----- hooks targets and loss ------------------------------------------------------------------------------
-    def refine_targets(self, mix: MixOutput, model: nn.Module | None = None, **needs: Any) -> MixOutput:
+    def refine_targets(
+        self, mix: MixOutput, model: nn.Module | None = None, embedding: Tensor | None = None, **needs: Any
+    ) -> MixOutput:
         """Hook ``targets``: label weights ``(lam_hat, 1 - lam_hat)`` from the similarity of the mixed sample to its
         two sources (one pass of the clean and of the mixed batch through ``model``, with gradients); the
         regulariser of the same passes is kept for :meth:`own_loss`."""
         self._check_needs(needs)
-        weights, regularizer = self._evaluate(mix, model)
+        weights, regularizer = self._evaluate(mix, model, embedding)
         self._cached = {"x": mix.x, "regularizer": regularizer}
         return mix.with_label_weights(weights)
 
-    def own_loss(self, mix: MixOutput, model: nn.Module | None = None, **needs: Any) -> Tensor:
+    def own_loss(
+        self, mix: MixOutput, model: nn.Module | None = None, embedding: Tensor | None = None, **needs: Any
+    ) -> Tensor:
         """Hook ``loss``: ``gamma`` times the uncertainty regulariser (the one :meth:`refine_targets` computed for
         this mix, else computed now). Releases the step's state."""
         self._check_needs(needs)
@@ -378,7 +411,7 @@ class SUMix(Mixer):
         if cached is not None and cached["x"] is mix.x:
             regularizer = cached["regularizer"]
         else:
-            _, regularizer = self._evaluate(mix, model)
+            _, regularizer = self._evaluate(mix, model, embedding)
         self._last = self._cached = None
         return self.gamma * regularizer
 
@@ -387,8 +420,9 @@ class SUMix(Mixer):
         if unknown:
             raise ValueError(f"SUMix got unexpected arguments {unknown}; it takes {self.requires}")
 
-    def _evaluate(self, mix: MixOutput, model: nn.Module | None) -> tuple[Tensor, Tensor]:
-        """(label weights (B, 2), regulariser) of ``mix``, the output of the last call."""
+    def _evaluate(self, mix: MixOutput, model: nn.Module | None, embedding: Tensor | None) -> tuple[Tensor, Tensor]:
+        """(label weights (B, 2), regulariser) of ``mix``, the output of the last call; ``embedding`` is the mixed
+        batch's classifier input recorded in the step's forward pass (``None``: the mixed batch is run again)."""
         if model is None:
             raise ValueError("sumix needs the training network after the forward pass: pass model=...")
         network = check_network(model, "model")
@@ -407,12 +441,20 @@ class SUMix(Mixer):
             )
         batch_size = mix.x.shape[0]
         clean_embedding, clean_logits = classifier_inputs(network, last["clean"])
-        mixed_embedding, mixed_logits = classifier_inputs(network, mix.x)
+        if embedding is None:  # called outside a training step: one more pass of the mixed batch
+            mixed_embedding, mixed_logits = classifier_inputs(network, mix.x)
+        else:
+            if not isinstance(embedding, Tensor) or embedding.dim() != 2 or embedding.shape[0] != batch_size:
+                shape = tuple(embedding.shape) if isinstance(embedding, Tensor) else type(embedding).__name__
+                raise ValueError(
+                    f"embedding must be the ({batch_size}, D) classifier input of the mixed batch, got {shape}"
+                )
+            mixed_embedding, mixed_logits = embedding, network.get_classifier()(embedding)
         index = mix.index.to(clean_logits.device)
         y_a = class_ids(mix.y_a).to(clean_logits.device)
         y_b = class_ids(mix.y_b).to(clean_logits.device)
         scale = float(batch_size) if self.distance_scale is None else self.distance_scale
-        s_a, s_b = semantic_similarity(clean_logits, mixed_logits, index, y_a, y_b, scale)
+        s_a, s_b = semantic_similarity(clean_logits, mixed_logits, index, y_a, y_b, scale, self.similarity)
         prior = last["prior"].to(s_a.device)
         rows = torch.arange(batch_size, device=s_a.device)
         weights = reestimated_weights(prior, s_a[rows, y_a], s_b[rows, y_b])
