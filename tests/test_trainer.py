@@ -91,8 +91,8 @@ def test_every_trainer_objective_mixer_and_inplace(model_class, family, objectiv
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.network.parameters())
     if model.needs_clean_batch:  # whoever reads the clean batch sees the clean batch, in-place mixer or not
         assert torch.equal(x, clean), "the clean batch was overwritten"
-        seen_clean = [inputs[: len(x)] for inputs in recorder.inputs if inputs.shape[0] == 2 * len(x)]
-        assert seen_clean and all(torch.equal(rows, clean) for rows in seen_clean)
+        # the clean batch reaches the network unchanged, alone or ahead of the mixed one in a joint pass
+        assert any(torch.equal(inputs[: len(x)], clean) for inputs in recorder.inputs)
 
 
 @pytest.mark.parametrize("objective", sorted(OBJECTIVES))

@@ -1,19 +1,23 @@
-"""AutoMixClassifier: MixClassifier with AutoMix's momentum pipeline (Liu et al., ECCV 2022).
+"""AutoMixClassifier: MixClassifier with AutoMix's momentum pipeline (Liu et al., ECCV 2022), which also trains
+SAMix's Mix Block (Li et al., arXiv 2111.15454): any mixer whose ``trained_by`` names this class.
 
-Each training step draws two (lambda, permutation) pairs from the Mix Block:
+Each training step, as the authors' ``AutoMixup.forward_train`` (Westlake-AI/openmixup
+``openmixup/models/classifiers/automix.py:296-360``):
 
-1. the *block* pair trains the Mix Block through the momentum (EMA) copy of the network: the mixed batch goes
-   through the frozen EMA network, its mixed loss plus the mask loss reach the block through the mask;
-2. the *online* pair trains the online network on the mixed batch with the mask detached, plus the objective on
-   the clean batch; draws within ``lam_margin`` of 0 or 1 fall back to plain mixup (the Mix Block does that itself).
+1. the momentum (EMA) network's features of the clean batch, computed once for both draws;
+2. the *block* draw (its own lambda and partners) trains the Mix Block: the mixed batch goes through the frozen
+   momentum network, and the block's loss on it plus the mask loss reach the block through the mask. The block is
+   trained for every lambda, also within ``lam_margin`` of 0 or 1;
+3. the *classifier* draw (a second lambda and permutation) trains the online network on the mixed batch, with the
+   mask detached (plain mixup within ``lam_margin``), plus the objective on the clean batch.
 
-Both mixed losses label the mix with the *sampled* lambda (``MixOutput.label_weights``), as the paper and the authors'
-code do; the mask's mean (the output's ``lam``) is pulled towards it by the mask loss. A batch skipped by
+Both mixed losses label the mix with the *sampled* lambda (``MixOutput.label_weights``). A batch skipped by
 ``mix_prob`` (or after ``mix_off_epoch``) is a plain step on the clean batch: nothing trains the Mix Block then.
 
-After every optimiser step the EMA network follows the online one with a momentum that rises on a cosine from
-``momentum`` to ``momentum_end`` over the run. Choose it in YAML with
-``model: {class_path: openmix.lightning.AutoMixClassifier}``; every MixClassifier argument applies.
+After every training batch the momentum network's parameters follow the online ones with a momentum held at
+``momentum`` for the first ``momentum_hold`` of the run, then on a cosine towards ``momentum_end``. Choose it in YAML
+with ``model: {class_path: openmix.lightning.AutoMixClassifier, init_args: {mix_block: samix}}``; every
+MixClassifier argument applies.
 """
 
 from __future__ import annotations
@@ -24,43 +28,56 @@ from dataclasses import replace
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
+from openmix.lightning.distributed import gather_batches, mix_across_ranks
 from openmix.lightning.module import MixClassifier
-from openmix.mixers import MixOutput
-from openmix.mixers.automix import intermediate_features
+from openmix.mixers import MixOutput, get_mixer_entry
+from openmix.mixers.automix import AutoMix, intermediate_features
+
+DEFAULT_MIX_BLOCK = "automix"
+CLEAN_FORWARDS = ("separate", "joint")
 
 
-def without_fixed_mixer(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """``kwargs`` without ``mixer``, which may only repeat the fixed ``"automix"`` (as a checkpoint's hparams do)."""
-    mixer = kwargs.get("mixer", "automix")
-    if mixer != "automix":
-        raise ValueError(
-            f"AutoMixClassifier always trains the 'automix' Mix Block (configure it with mixer_kwargs), got {mixer!r}"
-        )
-    return {key: value for key, value in kwargs.items() if key != "mixer"}
+def resolve_mix_block(mix_block: str | None, kwargs: dict[str, Any]) -> str:
+    """The registered name of the Mix Block to train: ``mix_block``, else a ``mixer`` in ``kwargs`` (a checkpoint's
+    hparams repeat it; it is removed from ``kwargs``), else ``"automix"``. Both given must agree."""
+    mixer = kwargs.pop("mixer", None)
+    for name, value in (("mix_block", mix_block), ("mixer", mixer)):
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"{name} must be the registered name of a Mix Block, got {type(value).__name__}")
+    if mix_block is not None and mixer is not None and mix_block != mixer:
+        raise ValueError(f"mix_block {mix_block!r} and mixer {mixer!r} disagree: give one of them")
+    return mix_block or mixer or DEFAULT_MIX_BLOCK
 
 
 class AutoMixClassifier(MixClassifier):
     """MixClassifier trained with a learned Mix Block and a momentum network.
 
     Args:
+        mix_block: the registered name of the Mix Block to train (``"automix"``, ``"samix"``: a mixer whose
+            ``trained_by`` names this class); ``None``: ``"automix"``. Configure it with ``mixer_kwargs``. The
+            class takes no ``mixer`` of its own (``mixer=`` is accepted as the same name, as checkpoints store it);
+            keeping ``mixer`` out of the signature keeps ``--model openmix.lightning.AutoMixClassifier`` from
+            inheriting ``MixClassifier``'s default mixer, which jsonargparse carries over when the class changes.
         momentum: EMA momentum at the start of training.
         momentum_end: EMA momentum at the end (cosine schedule in between).
+        momentum_hold: share of the run's steps during which the momentum stays at ``momentum`` before the
+            cosine takes over (the authors' ``CosineScheduleHook(adjust_scope=[0.1, 1.0], warming_up="constant")``;
+            the cosine keeps its phase: step k > hold uses cos(pi k / total)).
         momentum_bn: batch norm of the momentum network: ``"train"`` (batch statistics in its forward passes, its
-            own running statistics; as the authors run it: OpenMixup's ``AutoMixup`` keeps ``backbone_k`` in train
-            mode and its momentum update moves parameters only) or ``"eval"`` (the online network's running
-            statistics, copied after every step).
-        mask_loss_weight: weight of the Mix Block's mask loss (its mean must track lambda).
+            own running statistics; as the authors run it: ``backbone_k`` is in the model's train mode and
+            ``momentum_update`` moves parameters only) or ``"eval"`` (the online network's running statistics,
+            copied after every step).
+        mask_loss_weight: weight of the Mix Block's mask loss.
         clean_loss_weight: weight of the objective on the clean batch for the online network (0 skips its forward
             pass). It replaces objectives that take the clean batch themselves (``regmixup``), which are refused.
-        mix_block_lr: learning rate of the Mix Block's parameter group (``None``: the optimizer's). The block is a
-            few 1x1 convolutions fed by one loss term, so it can take a larger rate than the network.
-        mixer_kwargs: arguments of the ``automix`` Mix Block (e.g. ``{alpha: 2.0}``). The class always trains that
-            mixer, so it takes no ``mixer`` argument of its own: ``mixer="automix"`` is accepted (checkpoints store
-            it), anything else is a ``ValueError``. Keeping ``mixer`` out of the signature also keeps
-            ``--model openmix.lightning.AutoMixClassifier`` from inheriting ``MixClassifier``'s default mixer, which
-            jsonargparse carries over when the class changes.
+        clean_forward: ``"separate"`` (the authors': the clean batch and the mixed one go through the online
+            network one after the other, so batch norm normalises each with its own statistics) or ``"joint"``
+            (one forward pass of both, batch norm sees them together).
+        mix_block_lr: learning rate of the Mix Block's parameter group (``None``: the optimizer's).
+        mixer_kwargs: arguments of the Mix Block (e.g. ``{alpha: 2.0}``).
         **kwargs: every other :class:`~openmix.lightning.MixClassifier` argument.
     """
 
@@ -68,23 +85,36 @@ class AutoMixClassifier(MixClassifier):
 
     def __init__(
         self,
+        mix_block: str | None = None,
         momentum: float = 0.999,
         momentum_end: float = 0.999999,
+        momentum_hold: float = 0.1,
         momentum_bn: str = "train",
         mask_loss_weight: float = 0.1,
         clean_loss_weight: float = 1.0,
+        clean_forward: str = "separate",
         mix_block_lr: float | None = None,
         mixer_kwargs: dict[str, Any] | None = None,
         **kwargs: Any,
     ):
-        kwargs = without_fixed_mixer(kwargs)
-        super().__init__(mixer="automix", mixer_kwargs=mixer_kwargs, **kwargs)
+        name = resolve_mix_block(mix_block, kwargs)
+        entry = get_mixer_entry(name)
+        if not (isinstance(entry.cls, type) and issubclass(entry.cls, AutoMix)):
+            raise ValueError(
+                f"AutoMixClassifier trains a Mix Block (a mixer built on openmix.mixers.automix.AutoMix, such as "
+                f"'automix' or 'samix'), got {name!r}"
+            )
+        super().__init__(mixer=name, mixer_kwargs=mixer_kwargs, **kwargs)
         if not 0.0 <= momentum <= momentum_end <= 1.0:
             raise ValueError(f"need 0 <= momentum <= momentum_end <= 1, got {momentum} and {momentum_end}")
+        if not 0.0 <= momentum_hold < 1.0:
+            raise ValueError(f"momentum_hold must lie in [0, 1), got {momentum_hold}")
         if mask_loss_weight < 0 or clean_loss_weight < 0:
             raise ValueError("mask_loss_weight and clean_loss_weight must be >= 0")
         if momentum_bn not in ("train", "eval"):
             raise ValueError(f"momentum_bn must be 'train' or 'eval', got {momentum_bn!r}")
+        if clean_forward not in CLEAN_FORWARDS:
+            raise ValueError(f"clean_forward must be one of {CLEAN_FORWARDS}, got {clean_forward!r}")
         if self.objective.uses_clean_batch:
             raise ValueError(
                 f"objective {kwargs.get('objective')!r} takes the clean batch itself; AutoMixClassifier adds its own "
@@ -95,8 +125,6 @@ class AutoMixClassifier(MixClassifier):
                 "mixer inplace=True cannot train the Mix Block (an in-place mix carries no gradient to the mask, and "
                 "the step mixes the clean batch twice): use inplace=False with AutoMixClassifier"
             )
-        if self.hparams.pairing_scope != "local":
-            raise ValueError("AutoMixClassifier mixes each rank's own batch: pairing_scope must be 'local'")
         self.ema_network = copy.deepcopy(self.network).requires_grad_(False)
         self.ema_network.train(momentum_bn == "train")
         self.build_mix_block()
@@ -126,43 +154,81 @@ class AutoMixClassifier(MixClassifier):
     def momentum_network(self) -> nn.Module | None:
         return getattr(self, "ema_network", None)  # the Mix Block reads the momentum network's features
 
+    # ----- the momentum network -------------------------------------------------------------------------------------
+    def ema_forward(self, x: Tensor) -> Tensor:
+        """The momentum network's logits (in the memory format the online network runs in)."""
+        if self.hparams.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.ema_network(x)
+
     def batch_features(self, x: Tensor) -> Tensor:
         """The momentum network's features of the batch, computed once per step for both draws."""
+        if self.hparams.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.mixer.features(x, self.ema_network)
 
+    # ----- the two draws --------------------------------------------------------------------------------------------
+    def pairs_across_ranks(self) -> bool:
+        return self.hparams.pairing_scope == "global" and dist.is_available() and dist.is_initialized()
+
+    def mixing_features(self, features: Tensor) -> Tensor:
+        """The features the Mix Block mixes from: this rank's, or, when partners are drawn across ranks, every
+        rank's in rank order (the global batch ``mix_across_ranks`` hands the mixer)."""
+        if self.pairs_across_ranks() and dist.get_world_size() > 1:
+            return gather_batches(features.contiguous())[0]
+        return features
+
+    def draw(self, x: Tensor, y: Tensor, features: Tensor, draw: str, lam: float | Tensor | None = None) -> MixOutput:
+        """One draw of the Mix Block (``"block"`` or ``"classifier"``) on this rank's batch; ``features`` as
+        :meth:`mixing_features` returns them. Under ``pairing_scope: global`` the partners come from every rank."""
+        context: dict[str, Any] = {"features": features, "draw": draw}
+        if lam is not None:
+            context["lam"] = lam
+        scope = self.hparams.pairing_scope
+        return mix_across_ranks(self.mixer, x, y, self.mixing_generator, scope, **context)
+
+    # ----- the losses ---------------------------------------------------------------------------------------------
     def block_losses(
         self, x: Tensor, y: Tensor, features: Tensor | None = None, lam: float | Tensor | None = None
     ) -> tuple[Tensor, Tensor, MixOutput]:
-        """The Mix Block's mixed loss through the momentum network (targets weighted by the sampled lambda), and
-        its mask loss (gradients reach the block through the mask only: the momentum network is frozen)."""
-        features = self.batch_features(x) if features is None else features
-        block = self.mixer(x, y, generator=self.mixing_generator, lam=lam, features=features)
-        return self.objective(self.ema_network(block.x), block), self.mixer.mask_loss(block.mask), block
+        """The Mix Block's loss on its own draw through the momentum network (targets weighted by the sampled
+        lambda), and its mask loss; gradients reach the block through the mask only (the momentum network is
+        frozen). ``features``: :meth:`mixing_features` of the batch (computed here when ``None``)."""
+        features = self.mixing_features(self.batch_features(x)) if features is None else features
+        block = self.draw(x, y, features, "block", lam)
+        block_loss = self.mixer.block_loss(self.ema_forward(block.x), block, self.objective)
+        return block_loss, self.mixer.mask_loss(block.mask, block.target_lam), block
 
     def clean_loss(self, logits: Tensor, y: Tensor) -> Tensor:
         """The objective on the unmixed batch (softmax CE, BCE, ... as configured, with its label smoothing)."""
         return self.objective(logits, MixOutput.identity(logits, y))
 
     def online_losses(self, x: Tensor, y: Tensor, features: Tensor | None = None) -> tuple[Tensor, Tensor, MixOutput]:
-        """The online network's mixed loss on a second draw with the mask detached, plus the clean one-hot loss;
-        returns (loss, mixed logits, mix)."""
-        features = self.batch_features(x) if features is None else features
+        """The online network's mixed loss on the classifier's draw with the mask detached, plus the clean one-hot
+        loss; returns (loss, mixed logits, mix)."""
+        features = self.mixing_features(self.batch_features(x)) if features is None else features
         with torch.no_grad():
-            online = self.mixer(x, y, generator=self.mixing_generator, features=features)
-        online = replace(online, x=online.x.detach(), mask=online.mask.detach())
+            online = self.draw(x, y, features, "classifier")
+        online = replace(online, x=online.x.detach(), mask=None if online.mask is None else online.mask.detach())
         clean_weight = self.hparams.clean_loss_weight
-        logits = self(torch.cat([x, online.x]) if clean_weight > 0 else online.x)
-        mixed_logits = logits[-x.shape[0] :]
+        if clean_weight <= 0:
+            mixed_logits, clean_logits = self(online.x), None
+        elif self.hparams.clean_forward == "separate":  # the clean batch first, as forward_q (automix.py:408, :422)
+            clean_logits = self(x)
+            mixed_logits = self(online.x)
+        else:
+            clean_logits, mixed_logits = self(torch.cat([x, online.x])).split([x.shape[0], online.x.shape[0]])
         loss = self.objective(mixed_logits, online)
-        if clean_weight > 0:
-            loss = loss + clean_weight * self.clean_loss(logits[: x.shape[0]], y)
+        if clean_logits is not None:
+            loss = loss + clean_weight * self.clean_loss(clean_logits, y)
         return loss, mixed_logits, online
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
+        self.current_momentum = self.momentum_at(self.global_step)  # the EMA update after this batch uses it
         if not self.should_mix(batch_idx):  # mix_prob / mix_off_epoch: the parent's step, which draws the same
             return super().training_step(batch, batch_idx)  # decision again and trains on the clean batch
-        features = self.batch_features(x)
+        features = self.mixing_features(self.batch_features(x))  # once per step, for both draws
         block_loss, mask_loss, _ = self.block_losses(x, y, features)  # 1. trains the Mix Block
         online_loss, mixed_logits, online = self.online_losses(x, y, features)  # 2. trains the online network
         loss = online_loss + block_loss + self.hparams.mask_loss_weight * mask_loss
@@ -176,6 +242,7 @@ class AutoMixClassifier(MixClassifier):
         self._epoch_images += batch_size
         return loss
 
+    # ----- optimisation and the momentum update --------------------------------------------------------------------
     def parameter_groups(self) -> list[dict[str, Any]]:
         """The network's parameters, and the Mix Block's as their own group (with ``mix_block_lr`` if set)."""
         block = {"params": list(self.mixer.parameters())}
@@ -184,9 +251,13 @@ class AutoMixClassifier(MixClassifier):
         return [{"params": [p for p in self.network.parameters() if p.requires_grad]}, block]
 
     def momentum_at(self, step: int) -> float:
-        """Cosine rise from ``momentum`` (step 0) to ``momentum_end`` (last step)."""
+        """The momentum of training step ``step`` (0-based) of ``total``: ``momentum`` while step < momentum_hold *
+        total, then ``end - (end - start) (cos(pi step / total) + 1) / 2`` (classifiers' CosineScheduleHook,
+        core/hooks/momentum_hook.py:235-265)."""
         start, end = self.hparams.momentum, self.hparams.momentum_end
         total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer else 1
+        if step < int(total * self.hparams.momentum_hold):
+            return start
         progress = min(1.0, step / total)
         return end - (end - start) * (math.cos(math.pi * progress) + 1) / 2
 
@@ -205,5 +276,4 @@ class AutoMixClassifier(MixClassifier):
         self.current_momentum = self.momentum_at(self.global_step)  # a resumed run continues the schedule
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self.current_momentum = self.momentum_at(self.global_step)
-        self.update_ema(self.current_momentum)
+        self.update_ema(self.current_momentum)  # the momentum of the step just taken (set in training_step)
