@@ -46,13 +46,15 @@ def normalised(images: np.ndarray) -> Tensor:
 
 
 def captured_mix(module: L.LightningModule, x: Tensor, y: Tensor, batch_idx: int = 0) -> openmix.MixOutput:
-    """The MixOutput the objective receives in one training step on (x, y) (the last one, for modules that mix
-    twice), without an optimiser step; ``batch_idx`` seeds the step's draws."""
+    """The MixOutput of images the objective receives in one training step on (x, y) (the last one: the
+    classifier's draw for modules that mix twice, as AutoMix), without an optimiser step; ``batch_idx`` seeds the
+    step's draws."""
     seen: list[openmix.MixOutput] = []
     forward = module.objective.forward
 
     def spy(logits: Tensor, mix: openmix.MixOutput, *rest: Any) -> Tensor:
-        seen.append(mix)
+        if mix.x.dim() == 4:  # a batch of images (AutoMix's clean loss passes the logits as an unmixed "batch")
+            seen.append(mix)
         return forward(logits, mix, *rest)
 
     module.objective.forward = spy
