@@ -87,7 +87,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from openmix._checks import is_int, is_real
-from openmix.mixers._graph_cut import TERM_LIMIT, _cut, _grid_edges
+from openmix.mixers._graph_cut import TERM_LIMIT, _cut, _grid_edges, _int
 
 PRIOR_EPS = 1e-8  # inside the log of the prior (match.py:203)
 BLEND_BONUS = 5e-4  # a blend's unary is its inputs' mean minus this (match.py:127, 151)
@@ -105,14 +105,6 @@ def _real(value: Any, name: str, low: float = 0.0, high: float = math.inf, low_o
         bracket = "(" if low_open else "["
         raise ValueError(f"{name} must be finite and in {bracket}{low}, {high}], got {value}")
     return value
-
-
-def _int(value: Any, name: str, low: int) -> int:
-    if not is_int(value):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if int(value) < low:
-        raise ValueError(f"{name} must be >= {low}, got {value}")
-    return int(value)
 
 
 def _array(value: Any, name: str, shape: tuple[int, ...]) -> np.ndarray:
