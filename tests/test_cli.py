@@ -153,7 +153,11 @@ def test_predict_from_a_checkpoint(tmp_path):
     assert result.returncode == 0, result.stderr[-1500:]
 
 
-MODEL_CLASSES = ["openmix.lightning.MixClassifier", "openmix.lightning.AutoMixClassifier"]
+MODEL_CLASSES = [
+    "openmix.lightning.MixClassifier",
+    "openmix.lightning.AutoMixClassifier",
+    "openmix.lightning.AdAutoMixClassifier",
+]
 
 
 def _built(args: list[str]):

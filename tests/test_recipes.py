@@ -378,6 +378,7 @@ SOURCE_MARKERS = (
     "no published",
     "No published",
     "SITE5039/AdaMixUp",
+    "JinXins/Adversarial-AutoMixup",
 )
 NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?:[eE]-?\d+)?")
 

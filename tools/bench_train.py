@@ -170,12 +170,10 @@ def backbone_of(cls: type) -> str:
 
 
 def module_class_of(cls: type) -> type:
-    """The module that trains a mixer class: the one its ``trained_by`` names when it is learned."""
-    if getattr(cls, "learned", False):
-        if not getattr(cls, "trained_by", None):
-            raise ValueError(f"{cls.__name__} is learned but names no module class (trained_by)")
-        return import_dotted(cls.trained_by)
-    return MixClassifier
+    """The module that trains a mixer class: the one its ``trained_by`` names, else ``MixClassifier`` (which also
+    trains learned mixers through the ``loss`` hook: AdaMixUp)."""
+    trained_by = getattr(cls, "trained_by", None)
+    return import_dotted(trained_by) if trained_by else MixClassifier
 
 
 def model_kwargs(backbone: str, args: argparse.Namespace) -> dict[str, Any]:

@@ -54,9 +54,7 @@ def train_network(root: str, steps: int, seed: int) -> nn.Module:
     """The tiny Fashion-MNIST ResNet trained for ``steps`` SGD steps (batch 64, lr 0.05, momentum 0.9)."""
     torch.manual_seed(seed)
     images, labels = load_fashion_mnist(root, train=True)
-    network = build_backbone(
-        "resnet10t", 10, in_chans=1, cifar_stem=True, channels=[16, 32, 64, 128], stem_width=16
-    )
+    network = build_backbone("resnet10t", 10, in_chans=1, cifar_stem=True, channels=[16, 32, 64, 128], stem_width=16)
     optimizer = torch.optim.SGD(network.parameters(), lr=0.05, momentum=0.9)
     order = torch.randperm(len(labels))
     network.train()

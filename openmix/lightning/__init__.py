@@ -10,6 +10,7 @@ import importlib
 from typing import Any
 
 _PUBLIC = {
+    "AdAutoMixClassifier": "openmix.lightning.adautomix",
     "AutoMixClassifier": "openmix.lightning.automix",
     "MixClassifier": "openmix.lightning.module",
     "apply_cifar_stem": "openmix.lightning.module",

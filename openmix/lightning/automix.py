@@ -81,8 +81,6 @@ class AutoMixClassifier(MixClassifier):
         **kwargs: every other :class:`~openmix.lightning.MixClassifier` argument.
     """
 
-    trains_learned_mixers = True
-
     def __init__(
         self,
         mix_block: str | None = None,

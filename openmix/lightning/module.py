@@ -13,6 +13,7 @@ from :class:`~openmix.lightning.services.StepServices`, so no code here depends 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import math
 import resource
 import sys
@@ -119,6 +120,15 @@ def _replace(model: nn.Module, dotted: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
+def import_class(path: str) -> type:
+    """The class a dotted path names (a mixer's ``trained_by``), else a ``ValueError`` naming the path."""
+    module, _, name = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        raise ValueError(f"trained_by names {path!r}, which is not an importable class") from None
+
+
 class MixClassifier(L.LightningModule):
     """Image classifier trained on mixed batches.
 
@@ -148,8 +158,6 @@ class MixClassifier(L.LightningModule):
             batch index), so each batch (each batch of a gradient-accumulation window too) gets its own draws, and a
             resumed run mixes the same way.
     """
-
-    trains_learned_mixers = False  # subclasses with a pipeline for learned mixers (AutoMix) set True
 
     def __init__(
         self,
@@ -191,7 +199,7 @@ class MixClassifier(L.LightningModule):
             self.network = self.network.to(memory_format=torch.channels_last)
         self.mixer = build_mixer(mixer, mixer_kwargs)
         trained_by = getattr(self.mixer, "trained_by", None)
-        if trained_by is not None and not self.trains_learned_mixers:
+        if trained_by is not None and not isinstance(self, import_class(trained_by)):
             raise ValueError(f"mixer {mixer!r} is learned during training: use the model class {trained_by}")
         self.objective = build_objective(objective, objective_kwargs, label_smoothing)
         self.feature_stages = self.check_mixer_needs()
