@@ -46,9 +46,9 @@ def normalised(images: np.ndarray) -> Tensor:
 
 
 def captured_mix(module: L.LightningModule, x: Tensor, y: Tensor, batch_idx: int = 0) -> openmix.MixOutput:
-    """The MixOutput of images the objective receives in one training step on (x, y) (the last one: the
-    classifier's draw for modules that mix twice, as AutoMix), without an optimiser step; ``batch_idx`` seeds the
-    step's draws."""
+    """The MixOutput of images the objective receives in one training step on (x, y): the last one with a spatial
+    mask (the classifier's draw for modules that mix more than once, as AutoMix and AdAutoMix), without an
+    optimiser step; ``batch_idx`` seeds the step's draws."""
     seen: list[openmix.MixOutput] = []
     forward = module.objective.forward
 
@@ -64,7 +64,8 @@ def captured_mix(module: L.LightningModule, x: Tensor, y: Tensor, batch_idx: int
             module.training_step((x, y), batch_idx)
     finally:
         module.objective.forward = forward
-    return seen[-1]
+    learned = [mix for mix in seen if mix.mask is not None and float(mix.mask.float().std()) > 1e-6]
+    return (learned or seen)[-1]  # the last mix with a spatial mask (not AdAutoMix's plain-mixup term), else the last
 
 
 def mixes_visibly(out: openmix.MixOutput) -> bool:
