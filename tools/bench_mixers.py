@@ -56,6 +56,7 @@ from torchvision.transforms import v2
 
 import openmix
 from openmix.lightning.services import mixer_inputs
+from openmix.mixers._registry import accepts_argument
 
 MODES = ("batch", "elem")
 NUM_CLASSES = 1000
@@ -202,8 +203,9 @@ def probe(case: Case, batch: Batch) -> bool:
 def openmix_case(name: str, mode: str, inplace: bool, batch: Batch, seed: int) -> Case | None:
     """One openmix mixer as a case, or None (reason recorded) when it cannot be built with these arguments."""
     device = batch.work.device
+    options = {"mode": mode, "inplace": inplace} if mode != "-" else {"inplace": inplace}
     try:
-        mixer = openmix.create_mixer(name, mode=mode, inplace=inplace)
+        mixer = openmix.create_mixer(name, **options)
     except (TypeError, ValueError) as error:
         batch.skipped.append(f"{name} {mode} inplace={inplace}: {error}")
         return None
@@ -265,7 +267,8 @@ def build_cases(batch: Batch, mixer_names: list[str], seed: int, references: boo
     probed once."""
     candidates: list[Case | None] = [floor_case(batch)]
     for name in mixer_names:
-        candidates += [openmix_case(name, mode, inplace, batch, seed) for mode in MODES for inplace in (False, True)]
+        modes = MODES if accepts_argument(openmix.get_mixer_entry(name).cls, "mode") else ("-",)  # Co-Mixup: none
+        candidates += [openmix_case(name, mode, inplace, batch, seed) for mode in modes for inplace in (False, True)]
     if references:
         candidates += timm_cases(batch) + torchvision_cases(batch)
     return [case for case in candidates if case is not None and probe(case, batch)]

@@ -64,7 +64,7 @@ def captured_mix(module: L.LightningModule, x: Tensor, y: Tensor, batch_idx: int
             module.training_step((x, y), batch_idx)
     finally:
         module.objective.forward = forward
-    learned = [mix for mix in seen if mix.mask is not None and float(mix.mask.float().std()) > 1e-6]
+    learned = [mix for mix in seen if mix.mask is not None and float(mix.mask.detach().float().std()) > 1e-6]
     return (learned or seen)[-1]  # the last mix with a spatial mask (not AdAutoMix's plain-mixup term), else the last
 
 
