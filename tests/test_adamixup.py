@@ -358,3 +358,15 @@ def test_the_intrusion_loss_keeps_the_policy_off_the_data_manifold_on_a_toy_prob
             assert after < 0.1, (seed, after)
         else:
             assert after > 0.25, (seed, after)
+
+
+def test_a_single_mixed_image_the_policy_cannot_take_is_a_clear_error():
+    """A batch of 2 mixes one image; a network whose last map is 1 x 1 cannot run batch norm in training mode on it:
+    the error names the batch and mix_fraction instead of batch norm's internals."""
+    import timm
+
+    network = timm.create_model("resnet10t", num_classes=4, channels=[4, 4, 4, 4], stem_width=4).train()
+    mixer = openmix.create_mixer("adamixup")
+    mixer.check_network(network)
+    with pytest.raises(ValueError, match="mix_fraction"):
+        mixer(torch.randn(2, 3, 32, 32), torch.arange(2), model=network)

@@ -397,3 +397,8 @@ def test_other_trainers_refuse_the_generator():
     with pytest.raises(ValueError, match="AdAutoMixClassifier"):  # refused when built, not at its first step
         AutoMixClassifier(**TINY, num_classes=4, in_chans=1, mix_block="adautomix")
     assert AdAutoMixClassifier(**TINY, num_classes=4, in_chans=1, mixer="adautomix").hparams.mixer == "adautomix"
+
+
+def test_a_model_that_is_not_a_network_is_named():
+    with pytest.raises(TypeError, match="model must be an nn.Module"):
+        AdAutoMix()(torch.randn(4, 3, 16, 16), torch.arange(4), model="resnet")

@@ -200,3 +200,13 @@ def test_bad_saliency_is_named(generator):
         mixer(x, y, saliency=torch.ones(2, 8, 8, dtype=torch.int64))
     with pytest.raises(ValueError, match="std has 2 values"):
         PuzzleMix(std=(0.5, 0.5))(x, y, saliency=torch.rand(2, 8, 8))
+
+
+def test_saliency_values_are_checked_under_their_own_name(generator):
+    x = torch.randn(2, 3, 8, 8, generator=generator)
+    bad = torch.rand(2, 8, 8, generator=generator)
+    bad[0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="saliency must hold finite values"):
+        PuzzleMix()(x, torch.arange(2), saliency=bad)
+    with pytest.raises(ValueError, match="saliency must hold finite values"):
+        PuzzleMix()(x, torch.arange(2), saliency=-torch.rand(2, 8, 8, generator=generator))

@@ -303,7 +303,16 @@ class AdaMixUp(PairMixer):
         local = derived_generator(generator, own.device)
         noise = truncated_normal((2, *own.shape), local, own.device)
         gate_input = (noise[0] * own.float() + noise[1] * partners.float()) / 2  # code:207
-        features = pooled_features(self.generator_network, F_mix.to_network_dtype(self.generator_network, gate_input))
+        try:
+            features = pooled_features(
+                self.generator_network, F_mix.to_network_dtype(self.generator_network, gate_input)
+            )
+        except ValueError as error:  # batch norm in training mode on a single mixed image (a 1 x 1 feature map)
+            raise ValueError(
+                f"adamixup's policy network sees the {gate_input.shape[0]} mixed image(s) of the batch "
+                f"(ceil(B * mix_fraction)), which its layers cannot take in training mode ({error}): use a larger "
+                "batch or mix_fraction"
+            ) from error
         if self.gate is None:
             self.build_gate(features.shape[1])
             self.gate.to(features.device)

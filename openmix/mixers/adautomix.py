@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from openmix.mixers import functional as F_mix
-from openmix.mixers._base import MixOutput, check_call, check_choice
+from openmix.mixers._base import MixOutput, check_call, check_choice, check_network
 from openmix.mixers._registry import register_mixer
 from openmix.mixers.automix import DRAWS, AutoMix, check_fraction
 
@@ -245,6 +245,8 @@ class AdAutoMix(AutoMix):
         network = self.extractor if self.extractor is not None else context.get("model")
         if features is None and network is None:
             raise ValueError("adautomix built without an extractor needs model=... (or features=...) at call time")
+        if features is None and self.extractor is None:
+            check_network(network)
         if features is not None and (
             not isinstance(features, Tensor) or features.dim() != 4 or features.shape[0] != batch_size
         ):

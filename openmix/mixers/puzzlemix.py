@@ -201,6 +201,8 @@ class PuzzleMix(PairMixer):
         batch, _, height, width = x.shape
         block = (height // grid, width // grid)
         pooled = F.avg_pool2d(saliency.float().unsqueeze(1), block).squeeze(1)  # (B, g, g)
+        if not bool(torch.isfinite(pooled).all()) or bool((pooled < 0).any()):
+            raise ValueError("saliency must hold finite values >= 0 (the norm of an input gradient)")
         cell = _largest_divisor(self.neigh_size, *block)
         images = self.pixel_scale(x)
         diff_h, diff_v = neighbour_differences(images, images.index_select(0, index), grid, cell)
