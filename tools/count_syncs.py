@@ -1,0 +1,127 @@
+"""Count, on the CPU, the operations of a training step that would make the host wait for a CUDA device.
+
+On CUDA a few operations read device memory from the host and so block the CPU until the GPU has caught up: scalar
+reads (``Tensor.item``, ``int(t)``, ``float(t)``, ``bool(t)``, ``.tolist()``: the aten op
+``_local_scalar_dense``), ``nonzero`` (and what uses it: boolean indexing, ``masked_select``), ``equal``,
+``is_nonzero`` and ``unique``. A tensor made from Python data (``torch.tensor([...])``, the aten op ``lift_fresh``)
+is a host-to-device copy once it is moved to the GPU. The same ops run on the CPU, where they cost nothing special,
+so counting them in a CPU training step predicts the synchronisations of the same step on a GPU, without a GPU.
+A boolean index (``x[mask]``, ``x[mask] = v``) is counted as a ``nonzero``. Not seen on the CPU: a tensor drawn on
+the CPU (``torch.randperm`` with a CPU generator) and then moved with ``.to(device)``, which is a copy only on a GPU;
+the count is a lower bound there.
+
+``count_sync_ops(fn)`` runs ``fn`` under a ``TorchDispatchMode`` that records every aten op of those kinds.
+``main`` counts them in one ``MixClassifier.training_step`` per registered image mixer (batch and elem mode) on a
+tiny CNN, next to the step without a mixer, and prints a table: the baseline the "no host synchronisation in a
+training step" work starts from (a bare training step counts 0).
+
+Reproduce (from the repository root)::
+
+    PYTHONPATH=. .venv/bin/python tools/count_syncs.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+SYNC_OPS = {
+    "_local_scalar_dense": "scalar read (item, int, float, bool, tolist)",
+    "nonzero": "nonzero (boolean indexing, masked_select)",
+    "equal": "equal",
+    "is_nonzero": "is_nonzero",
+    "masked_select": "masked_select",
+    "_unique2": "unique",
+    "unique_dim": "unique",
+    "unique_consecutive": "unique",
+    "lift_fresh": "tensor from Python data (a host-to-device copy on CUDA)",
+}
+
+
+BOOLEAN_INDEXING = ("index", "index_put", "index_put_", "_index_put_impl_")
+
+
+def _has_boolean_index(args: tuple) -> bool:
+    indices = args[1] if len(args) > 1 and isinstance(args[1], (list, tuple)) else ()
+    return any(isinstance(index, torch.Tensor) and index.dtype == torch.bool for index in indices)
+
+
+class SyncCounter(TorchDispatchMode):
+    """Counts the aten ops of :data:`SYNC_OPS` run while it is active (``counts``: op name -> number)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        name = func.overloadpacket.__name__
+        if name in SYNC_OPS:
+            self.counts[name] += 1
+        elif name in BOOLEAN_INDEXING and _has_boolean_index(args):
+            self.counts["nonzero"] += 1  # a boolean index is a nonzero on the device (inside the kernel on the CPU)
+        return func(*args, **(kwargs or {}))
+
+
+def count_sync_ops(fn: Callable[[], Any]) -> Counter[str]:
+    """The sync-like aten ops ``fn()`` runs, by name (an empty counter when there are none)."""
+    with SyncCounter() as counter:
+        fn()
+    return counter.counts
+
+
+def step_counts(mixer: str | None, mode: str | None, seed: int = 0) -> Counter[str]:
+    """The sync-like ops of one training step (forward, loss, logging) of a tiny CNN with ``mixer``."""
+    from openmix.lightning import MixClassifier
+
+    torch.manual_seed(seed)
+    kwargs = {} if mode is None else {"mixer_kwargs": {"mode": mode}}
+    model = MixClassifier(
+        backbone="resnet10t",
+        num_classes=10,
+        in_chans=3,
+        cifar_stem=True,
+        backbone_kwargs={"channels": [8, 8, 8, 8], "stem_width": 8},
+        mixer=mixer,
+        **kwargs,
+    )
+    x = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+    y = torch.randint(0, 10, (16,), generator=torch.Generator().manual_seed(seed + 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # self.log outside a Trainer
+        model.training_step((x, y), 0)  # warm-up: lazy initialisation is not part of a step
+        return count_sync_ops(lambda: model.training_step((x, y), 1).backward())
+
+
+def main(argv: list[str] | None = None) -> None:
+    import openmix
+    from openmix.mixers._registry import accepts_argument
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mixers", nargs="*", help="names (default: every mixer MixClassifier trains on images)")
+    args = parser.parse_args(argv)
+    names = args.mixers or [
+        name
+        for name in openmix.list_mixers()
+        if openmix.get_mixer_entry(name).cls.trained_by is None
+        and "attention" not in openmix.get_mixer_entry(name).requires
+    ]
+    print("| mixer | mode | sync-like ops per training step | by op |")
+    print("|---|---|---:|---|")
+    cases: list[tuple[str | None, str | None]] = [(None, None)]
+    for name in names:
+        modes = ("batch", "elem") if accepts_argument(openmix.get_mixer_entry(name).cls, "mode") else (None,)
+        cases += [(name, mode) for mode in modes]
+    for name, mode in cases:
+        counts = step_counts(name, mode)
+        detail = ", ".join(f"{op} {n}" for op, n in sorted(counts.items())) or "-"
+        print(f"| {name or 'none (plain step)'} | {mode or '-'} | {sum(counts.values())} | {detail} |")
+
+
+if __name__ == "__main__":
+    main()
