@@ -200,6 +200,18 @@ def check_call(mixer: nn.Module, x: Any, y: Any, generator: Any, context: dict[s
         raise ValueError(f"{type(mixer).__name__} got unexpected call arguments {unknown}; it takes {takes}")
 
 
+def check_inplace_target(mixer: nn.Module, x: Tensor) -> None:
+    """An in-place mixer cannot write into a leaf tensor that requires grad (or a view of one): a ``ValueError``
+    saying how to call it instead."""
+    root = x if x._base is None else x._base  # a view writes into the tensor it views
+    if getattr(mixer, "inplace", False) and root.is_leaf and root.requires_grad and torch.is_grad_enabled():
+        raise ValueError(
+            f"{type(mixer).__name__} was built with inplace=True, but x is a leaf tensor that requires grad (or a "
+            "view of one), which autograd forbids writing into: build the mixer with inplace=False (the mix then "
+            "carries gradients to x), or mix x.detach() or under torch.no_grad()"
+        )
+
+
 class Mixer(nn.Module, abc.ABC):
     """The protocol root of every mixer: where it acts and what it needs, declared once on the class.
 
@@ -325,13 +337,7 @@ class PairMixer(Mixer):
         check_call(self, x, y, generator, context)
         if self.inplace and x.dim() != 4:
             raise ValueError(f"{type(self).__name__} mixes hidden states out of place: build it with inplace=False")
-        root = x if x._base is None else x._base  # a view writes into the tensor it views
-        if self.inplace and root.is_leaf and root.requires_grad and torch.is_grad_enabled():
-            raise ValueError(
-                f"{type(self).__name__} was built with inplace=True, but x is a leaf tensor that requires grad (or a "
-                "view of one), which autograd forbids writing into: build the mixer with inplace=False (the mix then "
-                "carries gradients to x), or mix x.detach() or under torch.no_grad()"
-            )
+        check_inplace_target(self, x)
         batch_size = x.shape[0]
         lam_in = F_mix.check_lam(lam, batch_size, self.mode)
         index = F_mix.partner_index(batch_size, self.pairing, generator).to(x.device)

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from openmix.mixers import functional as F_mix
-from openmix.mixers._base import MixOutput, check_call, check_choice, check_network
+from openmix.mixers._base import MixOutput, check_call, check_choice, check_inplace_target, check_network
 from openmix.mixers._registry import register_mixer
 from openmix.mixers.automix import DRAWS, AutoMix, check_fraction
 
@@ -232,13 +232,7 @@ class AdAutoMix(AutoMix):
         rest in drawn proportions); ``draw="block"`` or ``"classifier"`` (the default) says what the mix is for;
         ``features`` (n, C, h, w) of the batch may be given instead of ``model``."""
         check_call(self, x, y, generator, context)
-        root = x if x._base is None else x._base  # a view writes into the tensor it views
-        if self.inplace and root.is_leaf and root.requires_grad and torch.is_grad_enabled():
-            raise ValueError(
-                f"{type(self).__name__} was built with inplace=True, but x is a leaf tensor that requires grad (or a "
-                "view of one), which autograd forbids writing into: build the mixer with inplace=False (the mix then "
-                "carries gradients to x), or mix x.detach() or under torch.no_grad()"
-            )
+        check_inplace_target(self, x)
         batch_size, _, height, width = x.shape
         draw = check_choice(context.get("draw", "classifier"), DRAWS, "draw")
         features = context.get("features")

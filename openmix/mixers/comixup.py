@@ -71,7 +71,7 @@ import torch
 from torch import Tensor
 
 from openmix.mixers import functional as F_mix
-from openmix.mixers._base import Mixer, MixOutput, check_call, check_choice
+from openmix.mixers._base import Mixer, MixOutput, check_call, check_choice, check_inplace_target
 from openmix.mixers._comixup import (
     THRES_TYPES,
     block_index,
@@ -233,13 +233,7 @@ class CoMixup(Mixer):
                 "lam: comixup takes no explicit lam; it chooses every output's shares by optimisation (lam=None)"
             )
         saliency = F_mix.check_saliency(needs.get("saliency"), x, "comixup")
-        root = x if x._base is None else x._base  # a view writes into the tensor it views
-        if self.inplace and root.is_leaf and root.requires_grad and torch.is_grad_enabled():
-            raise ValueError(
-                f"{type(self).__name__} was built with inplace=True, but x is a leaf tensor that requires grad (or a "
-                "view of one), which autograd forbids writing into: build the mixer with inplace=False (the mix then "
-                "carries gradients to x), or mix x.detach() or under torch.no_grad()"
-            )
+        check_inplace_target(self, x)
         rng = F_mix.numpy_rng(generator)
         grid = self.grid_for(height, width, rng)
         device = x.device
