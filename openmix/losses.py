@@ -153,8 +153,8 @@ def decoupled_regularizer(
             raise TypeError(f"{name} must be (B,) int64 class ids for the decoupled regularizer, got {labels.dtype}")
     logits = logits.float()
     num_classes = logits.shape[-1]
-    log_prob_a = F.log_softmax(logits.masked_fill(F.one_hot(y_b, num_classes).bool(), float("-inf")), dim=-1)
-    log_prob_b = F.log_softmax(logits.masked_fill(F.one_hot(y_a, num_classes).bool(), float("-inf")), dim=-1)
+    log_prob_a = F.log_softmax(logits.masked_fill(one_hot_targets(y_b, num_classes).bool(), float("-inf")), dim=-1)
+    log_prob_b = F.log_softmax(logits.masked_fill(one_hot_targets(y_a, num_classes).bool(), float("-inf")), dim=-1)
     nll_a = -log_prob_a.gather(1, y_a[:, None]).squeeze(1)
     nll_b = -log_prob_b.gather(1, y_b[:, None]).squeeze(1)
     lam = lam.to(device=logits.device, dtype=torch.float32)

@@ -31,6 +31,8 @@ from typing import Any
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from openmix.mixers.functional import making_host_tensor
+
 SYNC_OPS = {
     "_local_scalar_dense": "scalar read (item, int, float, bool, tolist)",
     "nonzero": "nonzero (boolean indexing, masked_select)",
@@ -61,7 +63,9 @@ class SyncCounter(TorchDispatchMode):
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         name = func.overloadpacket.__name__
-        if name in SYNC_OPS:
+        if name == "lift_fresh" and making_host_tensor():
+            pass  # a host tensor of draws (functional.host_tensor): it reaches a device through to_device
+        elif name in SYNC_OPS:
             self.counts[name] += 1
         elif name in BOOLEAN_INDEXING and _has_boolean_index(args):
             self.counts["nonzero"] += 1  # a boolean index is a nonzero on the device (inside the kernel on the CPU)
@@ -75,21 +79,28 @@ def count_sync_ops(fn: Callable[[], Any]) -> Counter[str]:
     return counter.counts
 
 
-def step_counts(mixer: str | None, mode: str | None, seed: int = 0) -> Counter[str]:
-    """The sync-like ops of one training step (forward, loss, logging) of a tiny CNN with ``mixer``."""
+def tiny_model(mixer: str | None, mode: str | None, objective: str = "ce", **kwargs: Any) -> Any:
+    """A ``MixClassifier`` on a tiny CNN (resnet10t, CIFAR stem, 8 channels) for 10 classes of 3 x 32 x 32."""
     from openmix.lightning import MixClassifier
 
-    torch.manual_seed(seed)
-    kwargs = {} if mode is None else {"mixer_kwargs": {"mode": mode}}
-    model = MixClassifier(
+    mixer_kwargs = {} if mode is None else {"mixer_kwargs": {"mode": mode}}
+    return MixClassifier(
         backbone="resnet10t",
         num_classes=10,
         in_chans=3,
         cifar_stem=True,
         backbone_kwargs={"channels": [8, 8, 8, 8], "stem_width": 8},
         mixer=mixer,
+        objective=objective,
+        **mixer_kwargs,
         **kwargs,
     )
+
+
+def step_counts(mixer: str | None, mode: str | None, seed: int = 0, objective: str = "ce") -> Counter[str]:
+    """The sync-like ops of one training step (forward, loss, logging) of a tiny CNN with ``mixer``."""
+    torch.manual_seed(seed)
+    model = tiny_model(mixer, mode, objective)
     x = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
     y = torch.randint(0, 10, (16,), generator=torch.Generator().manual_seed(seed + 1))
     with warnings.catch_warnings():
@@ -98,27 +109,42 @@ def step_counts(mixer: str | None, mode: str | None, seed: int = 0) -> Counter[s
         return count_sync_ops(lambda: model.training_step((x, y), 1).backward())
 
 
-def main(argv: list[str] | None = None) -> None:
+def host_synced_mixers() -> list[str]:
+    """The mixers that synchronise by design: their per-call solver runs on the CPU (``Mixer.solves_on_host``)."""
+    import openmix
+
+    return [name for name in openmix.list_mixers() if openmix.get_mixer_entry(name).cls.solves_on_host]
+
+
+def step_cases(names: list[str] | None = None) -> list[tuple[str | None, str | None]]:
+    """(mixer, mode) pairs: the step without a mixer, then each of ``names`` (default: every mixer ``MixClassifier``
+    trains on images, that is not trained by its own module and needs no ViT attention) in batch and elem mode
+    where it has modes."""
     import openmix
     from openmix.mixers._registry import accepts_argument
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--mixers", nargs="*", help="names (default: every mixer MixClassifier trains on images)")
-    args = parser.parse_args(argv)
-    names = args.mixers or [
+    names = names or [
         name
         for name in openmix.list_mixers()
         if openmix.get_mixer_entry(name).cls.trained_by is None
         and "attention" not in openmix.get_mixer_entry(name).requires
     ]
-    print("| mixer | mode | sync-like ops per training step | by op |")
-    print("|---|---|---:|---|")
     cases: list[tuple[str | None, str | None]] = [(None, None)]
     for name in names:
         modes = ("batch", "elem") if accepts_argument(openmix.get_mixer_entry(name).cls, "mode") else (None,)
         cases += [(name, mode) for mode in modes]
-    for name, mode in cases:
-        counts = step_counts(name, mode)
+    return cases
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mixers", nargs="*", help="names (default: every mixer MixClassifier trains on images)")
+    parser.add_argument("--objective", default="ce", help="the objective's short name (default ce)")
+    args = parser.parse_args(argv)
+    print("| mixer | mode | sync-like ops per training step | by op |")
+    print("|---|---|---:|---|")
+    for name, mode in step_cases(args.mixers):
+        counts = step_counts(name, mode, objective=args.objective)
         detail = ", ".join(f"{op} {n}" for op, n in sorted(counts.items())) or "-"
         print(f"| {name or 'none (plain step)'} | {mode or '-'} | {sum(counts.values())} | {detail} |")
 

@@ -210,7 +210,7 @@ class AdAutoMixClassifier(AutoMixClassifier):
             self.log_train("train/similarity", similarity, batch_size)
         self.log_train("train/adversarial", float(adversarial), batch_size)
         self.log_train("train/momentum", self.current_momentum, batch_size)
-        self.train_lams.append(online.lam.detach().cpu())
+        self.train_lams.append(online.lam.detach())
         self._epoch_images += batch_size
         return loss
 

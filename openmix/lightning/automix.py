@@ -236,7 +236,7 @@ class AutoMixClassifier(MixClassifier):
         self.log_train("train/mask_loss", mask_loss, batch_size)
         self.log_train("train/block_loss", block_loss, batch_size)
         self.log_train("train/momentum", self.current_momentum, batch_size)
-        self.train_lams.append(online.lam.detach().cpu())
+        self.train_lams.append(online.lam.detach())
         self._epoch_images += batch_size
         return loss
 

@@ -44,6 +44,7 @@ from openmix.lightning.services import (
     stage_hook,
 )
 from openmix.mixers import Mixer, MixOutput, create_mixer
+from openmix.mixers import functional as F_mix
 
 OBJECTIVES = {
     "ce": losses.SoftTargetCrossEntropy,
@@ -275,8 +276,9 @@ class MixClassifier(L.LightningModule):
     def should_mix(self, batch_idx: int) -> bool:
         """Reseed the mixing RNG for this batch and draw whether it is mixed (``mix_prob``, ``mix_off_epoch``)."""
         self.reseed_mixing(batch_idx)
-        skip = torch.rand((), generator=self.mixing_generator) >= self.hparams.mix_prob  # drawn even when off
-        return self.mixing_active() and not bool(skip)
+        # drawn even when off; the generator is a CPU one, read through NumPy: no device is waited for
+        draw = float(F_mix.host_values(torch.rand((), generator=self.mixing_generator)))
+        return self.mixing_active() and draw < self.hparams.mix_prob
 
     @property
     def needs_clean_batch(self) -> bool:
@@ -375,7 +377,7 @@ class MixClassifier(L.LightningModule):
         """The step's loss, mixed accuracy and lambdas for the logs and the epoch summary."""
         self.log_train("train/loss", loss, batch_size, on_step=True)
         self.log_train("train/top1", self.mixed_accuracy(logits, mix), batch_size)
-        self.train_lams.append(mix.lam.detach().cpu())
+        self.train_lams.append(mix.lam.detach())  # kept where it is: read once at the epoch's end
         self._epoch_images += batch_size
 
     @staticmethod
@@ -504,7 +506,7 @@ class MixClassifier(L.LightningModule):
             logger.save()
         if not self.train_lams:
             return
-        lams = torch.cat(self.train_lams)
+        lams = torch.cat(self.train_lams).float().cpu()
         for logger in self.loggers:  # histograms where the logger has them (TensorBoard, wandb)
             experiment = getattr(logger, "experiment", None)
             if hasattr(experiment, "add_histogram"):

@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from openmix._checks import check_class_ids
 from openmix.mixers import functional as F_mix
 from openmix.targets import mix_targets, one_hot_targets
 
@@ -180,8 +181,7 @@ def check_batch(x: Any, y: Any, ranks: Sequence[int] = (4,)) -> None:
     if y.dim() == 1:
         if y.dtype != torch.int64:
             raise TypeError(f"y with shape (B,) must hold int64 class ids, got {y.dtype}")
-        if y.numel() and int(y.min()) < 0:
-            raise ValueError(f"y holds negative class ids (min {int(y.min())})")
+        check_class_ids(y)
     elif y.dim() == 2:
         if not y.is_floating_point():
             raise TypeError(f"y with shape (B, K) must be a floating point target, got {y.dtype}")
@@ -237,6 +237,10 @@ class Mixer(nn.Module, abc.ABC):
     - ``learned``: its parameters are trained during training (then ``trained_by`` names the module class that can).
     - ``takes_lam``: ``forward`` accepts an explicit ``lam`` (Co-Mixup does not: it chooses every output's shares by
       optimisation and refuses a ``lam`` with a ``ValueError``).
+    - ``solves_on_host``: each call solves an optimisation on the CPU (PuzzleMix's and Co-Mixup's graph cuts), so it
+      copies the batch's saliency to the host and waits for the device by design. Every other mixer makes its draws
+      on the host and reads nothing back from the device: a training step with it never synchronises
+      (``tests/test_count_syncs.py``, docs/benchmarks/syncs.md).
     """
 
     hooks: ClassVar[tuple[str, ...]] = ("inputs",)
@@ -249,6 +253,7 @@ class Mixer(nn.Module, abc.ABC):
     moves_own: bool = False
     learned: ClassVar[bool] = False
     takes_lam: ClassVar[bool] = True
+    solves_on_host: ClassVar[bool] = False
     trained_by: ClassVar[str | None] = None
     inplace: bool = False
     registry_name: str = ""
@@ -340,9 +345,9 @@ class PairMixer(Mixer):
         check_inplace_target(self, x)
         batch_size = x.shape[0]
         lam_in = F_mix.check_lam(lam, batch_size, self.mode)
-        index = F_mix.partner_index(batch_size, self.pairing, generator).to(x.device)
+        index = F_mix.to_device(F_mix.partner_index(batch_size, self.pairing, generator), x.device)
         mixed, lam_out, mask = self.mix(x, index, lam_in, generator, **context)
-        lam_out = lam_out.to(device=x.device, dtype=torch.float32).clamp_(0.0, 1.0)
+        lam_out = F_mix.to_device(lam_out, x.device, torch.float32).clamp_(0.0, 1.0)
         return MixOutput(mixed, index, lam_out, y, y.index_select(0, index), mask)
 
     def draw_lam(self, lam_in: Tensor | None, batch_size: int, generator: torch.Generator | None) -> Tensor:

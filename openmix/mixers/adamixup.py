@@ -158,7 +158,7 @@ def derived_generator(generator: torch.Generator | None, device: torch.device) -
     """A generator on ``device`` seeded by one draw from ``generator`` (the global RNG when ``None``): the
     image-sized noise is drawn where the images are, and every draw still follows ``generator``."""
     source_device = generator.device if generator is not None else torch.device("cpu")
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=source_device))
+    seed = int(F_mix.host_values(torch.randint(0, 2**62, (1,), generator=generator, device=source_device))[0])
     local = torch.Generator(device=device)
     local.manual_seed(seed)
     return local
@@ -396,5 +396,5 @@ class AdaMixUp(PairMixer):
         logits = self.discriminator(features).float()
         originals = mix.originals.shape[0]
         target = torch.zeros(images.shape[0], dtype=torch.int64, device=logits.device)
-        target[:originals] = 1  # originals: class 1 (code:346-348), mixes: class 0 (code:351-353)
+        target[:originals].fill_(1)  # originals: class 1 (code:346-348), mixes: class 0 (code:351-353)
         return self.intrusion_weight * F.cross_entropy(logits, target)

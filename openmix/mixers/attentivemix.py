@@ -151,7 +151,7 @@ class AttentiveMix(PairMixer):
         scores = self.attention(x.detach().index_select(0, index), network)  # the partner's attention
         ranked = scores.argsort(dim=1, descending=True)
         # top counts[i] cells of row i: rank position < counts[i]; the rest point at an extra dummy cell
-        take = torch.arange(cells, device=x.device).view(1, -1) < counts.to(x.device).view(-1, 1)
+        take = torch.arange(cells, device=x.device).view(1, -1) < F_mix.to_device(counts, x.device).view(-1, 1)
         top_cells = torch.where(take, ranked, torch.full_like(ranked, cells))
         mask = cell_mask(top_cells, self.grid, height, width)
         mixed = F_mix.blend(x, index, mask, self.inplace)

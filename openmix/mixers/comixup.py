@@ -139,6 +139,7 @@ class CoMixup(Mixer):
     requires = ("saliency",)
     shares_batch_mask = False  # every output has its own mask
     takes_lam = False
+    solves_on_host = True  # the per-output gco cuts and the diversity term, on the CPU
 
     def __init__(
         self,

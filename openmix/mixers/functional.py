@@ -8,11 +8,17 @@ Conventions:
 - A box is a row ``[top, bottom, left, right]`` of int64 pixel coordinates, half-open (``x[..., top:bottom,
   left:right]``). A batch-mode call uses one box, (1, 4); an elem-mode call one per sample, (B, 4).
 - A mask is the per-pixel weight of sample i itself: 1 keeps its pixel, 0 takes the partner's.
+- No host synchronisation: the host never waits for a device. Host draws are read through NumPy
+  (:func:`host_values`), tensors made from them are :func:`host_tensor` s, and they reach the batch's device only
+  through :func:`to_device` (pinned memory and a non-blocking copy on CUDA). Values of the batch (labels, images,
+  saliency) are never read back to the host on a training path (docs/decisions.md, "Host synchronisation").
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -50,6 +56,53 @@ def check_pair(value: Any, name: str) -> tuple[float, float]:
     return float(value[0]), float(value[1])
 
 
+# ------------------------------------------------------------------------------------------- host and device
+_HOST = threading.local()
+
+
+@contextmanager
+def _making_host_tensor():
+    _HOST.depth = getattr(_HOST, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _HOST.depth -= 1
+
+
+def making_host_tensor() -> bool:
+    """Whether :func:`host_tensor` is running in this thread (``tools/count_syncs.py`` reads it: a tensor made
+    there from host data lives on the host and is not a host-to-device copy)."""
+    return getattr(_HOST, "depth", 0) > 0
+
+
+def host_tensor(values: np.ndarray | Sequence[float] | float) -> Tensor:
+    """A CPU tensor of host values (NumPy draws, box coordinates): it stays on the host until :func:`to_device`."""
+    with _making_host_tensor():
+        return torch.from_numpy(np.ascontiguousarray(values))
+
+
+def host_values(tensor: Tensor) -> np.ndarray:
+    """The values of a host tensor (a CPU generator's draws, a box) as a NumPy array, read without a torch op.
+
+    A tensor on a device is copied to the host first, which waits for that device: the training paths never call
+    this on batch data, only on draws made by a CPU generator."""
+    return tensor.detach().cpu().numpy()
+
+
+def to_device(tensor: Tensor, device: torch.device | str, dtype: torch.dtype | None = None) -> Tensor:
+    """``tensor`` (a host tensor of draws) on ``device`` without making the host wait: on CUDA the values are
+    pinned and copied with ``non_blocking=True``, so the copy is queued behind the device's work instead of waiting
+    for it. ``dtype`` converts on the host first (a smaller copy). A tensor already on ``device`` is returned as is."""
+    device = torch.device(device)
+    if dtype is not None and tensor.dtype != dtype and tensor.device.type == "cpu":
+        tensor = tensor.to(dtype)
+    if tensor.device == device or (device.type == tensor.device.type and device.index is None):
+        return tensor if dtype is None else tensor.to(dtype)
+    if tensor.device.type == "cpu" and device.type == "cuda":
+        tensor = tensor.pin_memory()
+    return tensor.to(device=device, dtype=dtype, non_blocking=device.type != "cpu")  # never a racy read to the host
+
+
 def _rng_device(generator: torch.Generator | None) -> torch.device:
     return generator.device if generator is not None else torch.device("cpu")
 
@@ -57,18 +110,18 @@ def _rng_device(generator: torch.Generator | None) -> torch.device:
 def numpy_rng(generator: torch.Generator | None) -> np.random.Generator:
     """A NumPy ``Generator`` seeded from the torch RNG (``generator`` or the global one)."""
     seed = torch.randint(0, 2**62, (1,), generator=generator, device=_rng_device(generator))
-    return np.random.default_rng(int(seed))
+    return np.random.default_rng(int(host_values(seed)[0]))
 
 
 def sample_beta(alpha: float, n: int, generator: torch.Generator | None = None) -> Tensor:
     """(n,) float64 CPU draws from Beta(alpha, alpha)."""
-    return torch.from_numpy(numpy_rng(generator).beta(alpha, alpha, size=n))
+    return host_tensor(numpy_rng(generator).beta(alpha, alpha, size=n))
 
 
 def sample_uniform(low: float, high: float, n: int, generator: torch.Generator | None = None) -> Tensor:
     """(n,) float64 CPU draws from U[low, high)."""
     draws = torch.rand(n, generator=generator, dtype=torch.float64, device=_rng_device(generator)).cpu()
-    return low + (high - low) * draws
+    return draws.mul_(high - low).add_(low)
 
 
 def _uniform(n: int, generator: torch.Generator | None) -> np.ndarray:
@@ -84,8 +137,8 @@ def _sample_int(high: np.ndarray | int, n: int, generator: torch.Generator | Non
 
 def sample_int(high: Tensor | int, n: int, generator: torch.Generator | None = None) -> Tensor:
     """(n,) int64 CPU draws uniform in {0, ..., high - 1}; ``high`` may be a (n,) tensor of per-draw bounds."""
-    high = high.double().numpy() if isinstance(high, Tensor) else high
-    return torch.from_numpy(_sample_int(high, n, generator))
+    high = host_values(high.double()) if isinstance(high, Tensor) else high
+    return host_tensor(_sample_int(high, n, generator))
 
 
 def partner_index(batch_size: int, pairing: str = "random", generator: torch.Generator | None = None) -> Tensor:
@@ -131,18 +184,18 @@ def boxes_from_ratio(
     extends ``side // 2`` each way from it, then is clipped. Clipping shrinks the box, so callers recompute
     lambda from the area with :func:`box_lam`.
     """
-    ratio = ratio.double().cpu().numpy()
+    ratio = host_values(ratio.double())
     n = ratio.shape[0]
     half_h = np.floor(height * ratio).astype(np.int64) // 2  # int(H * ratio) // 2, as the reference code
     half_w = np.floor(width * ratio).astype(np.int64) // 2
     if centers is None:
         center_y, center_x = _sample_int(height, n, generator), _sample_int(width, n, generator)
     else:
-        center_y, center_x = (centers[:, k].long().cpu().numpy() for k in (0, 1))
+        center_y, center_x = (host_values(centers[:, k].long()) for k in (0, 1))
     boxes = np.stack(
         [center_y - half_h, center_y + half_h, center_x - half_w, center_x + half_w], axis=1
     )  # [top, bottom, left, right]
-    return torch.from_numpy(np.clip(boxes, 0, [height, height, width, width]))
+    return host_tensor(np.clip(boxes, 0, [height, height, width, width]))
 
 
 def boxes_from_lam(lam: Tensor, height: int, width: int, generator: torch.Generator | None = None) -> Tensor:
@@ -159,23 +212,24 @@ def boxes_from_minmax(
     cut_w = int(width * low) + _sample_int(max(int(width * high) - int(width * low), 1), n, generator)
     top = _sample_int(height - cut_h + 1, n, generator)
     left = _sample_int(width - cut_w + 1, n, generator)
-    return torch.from_numpy(np.stack([top, top + cut_h, left, left + cut_w], axis=1))
+    return host_tensor(np.stack([top, top + cut_h, left, left + cut_w], axis=1))
 
 
 def box_lam(boxes: Tensor, height: int, width: int) -> Tensor:
     """(n,) float64 share of the image outside each box: the lambda of sample i after pasting."""
-    sides = np.clip(boxes.cpu().numpy()[:, [1, 3]] - boxes.cpu().numpy()[:, [0, 2]], 0, None)
-    return torch.from_numpy(1.0 - (sides[:, 0] * sides[:, 1]) / (height * width))
+    values = host_values(boxes)
+    sides = np.clip(values[:, [1, 3]] - values[:, [0, 2]], 0, None)
+    return host_tensor(1.0 - (sides[:, 0] * sides[:, 1]) / (height * width))
 
 
 def box_keep_mask(boxes: Tensor, height: int, width: int, device: torch.device | str = "cpu") -> Tensor:
     """(n, 1, H, W) float32 mask, 0 inside the box and 1 outside (where sample i keeps its own pixel)."""
     if boxes.shape[0] == 1:  # one box: two writes instead of a broadcast over the grid
-        top, bottom, left, right = boxes[0].tolist()
+        top, bottom, left, right = host_values(boxes[0]).tolist()
         mask = torch.ones(1, 1, height, width, device=device)
-        mask[..., top:bottom, left:right] = 0.0
+        mask[..., top:bottom, left:right].fill_(0.0)
         return mask
-    boxes = boxes.to(device)
+    boxes = to_device(boxes, device)
     rows = torch.arange(height, device=device).view(1, -1)
     cols = torch.arange(width, device=device).view(1, -1)
     in_rows = ((rows >= boxes[:, 0:1]) & (rows < boxes[:, 1:2])).float()  # (n, H)
@@ -231,7 +285,7 @@ def paste_boxes(x: Tensor, index: Tensor, boxes: Tensor, inplace: bool = False) 
     mask = box_keep_mask(boxes, height, width, x.device)
     if boxes.shape[0] > 1:
         return blend(x, index, mask, inplace), mask
-    top, bottom, left, right = boxes[0].tolist()
+    top, bottom, left, right = host_values(boxes[0]).tolist()
     out = x if inplace else x.clone()
     if bottom > top and right > left:
         out[:, :, top:bottom, left:right] = x[index, :, top:bottom, left:right]
@@ -242,7 +296,7 @@ def blend(x: Tensor, index: Tensor, weight: Tensor | float, inplace: bool = Fals
     """``weight * x + (1 - weight) * x[index]``; ``weight`` is a number or a tensor broadcastable to ``x``."""
     partners = gather_partners(x, index)
     if isinstance(weight, Tensor):
-        weight = weight.to(device=x.device, dtype=x.dtype)
+        weight = to_device(weight, x.device, x.dtype)
     # lerp(start, end, w) = start + w * (end - start): exact at w = 0 and w = 1. A learned mask (AutoMix) or an x
     # that requires grad keeps the graph (no out= buffer).
     return lerp_into(partners, x, weight, out=x if inplace else partners)
@@ -257,8 +311,8 @@ def to_network_dtype(network: torch.nn.Module, images: Tensor) -> Tensor:
 def lam_to_weight(lam: Tensor, mode: str, x: Tensor) -> Tensor | float:
     """The blend weight of sample i itself: a Python float in batch mode, a (B, 1, 1, 1) tensor in elem mode."""
     if mode == "batch":
-        return float(lam[0])
-    return lam.to(device=x.device, dtype=x.dtype).view(-1, *([1] * (x.dim() - 1)))
+        return float(host_values(lam[:1])[0])
+    return to_device(lam, x.device, x.dtype).view(-1, *([1] * (x.dim() - 1)))
 
 
 def check_saliency(saliency: Any, x: Tensor, owner: str = "this mixer") -> Tensor:

@@ -76,7 +76,7 @@ def draw_layer(layers: tuple[int, ...], num_stages: Any, generator: torch.Genera
         )
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
-    position = int(F_mix.sample_int(len(layers), 1, generator)[0])  # torch.rand on the generator, a CPU tensor here
+    position = int(F_mix.host_values(F_mix.sample_int(len(layers), 1, generator))[0])  # a host draw
     return layers[position]
 
 

@@ -122,6 +122,7 @@ class PuzzleMix(PairMixer):
     requires = ("saliency",)
     moves_partner = True  # with transport, the partner's blocks are permuted first
     shares_batch_mask = False  # one cut per sample
+    solves_on_host = True  # gco's alpha-beta swap, on the CPU
 
     def __init__(
         self,

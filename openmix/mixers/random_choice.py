@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from openmix.mixers import functional as F_mix
 from openmix.mixers._base import MODES, Mixer, MixOutput, check_call, check_choice
 from openmix.mixers._registry import accepts_argument, create_mixer, get_mixer_entry, register_mixer
 from openmix.mixers.functional import PAIRINGS, check_bool, check_lam, is_real
@@ -143,12 +144,13 @@ class RandomChoiceMixer(Mixer):
         check_call(self, x, y, generator, context)
         check_lam(lam, x.shape[0], "elem")  # before the draw, so bad input fails whichever branch is taken
         device = generator.device if generator is not None else torch.device("cpu")
-        draw = float(torch.rand((), generator=generator, device=device))  # one uniform draw decides the branch
+        # one uniform draw decides the branch (read on the host: the generator's own device when it is a CUDA one)
+        draw = float(F_mix.host_values(torch.rand((), generator=generator, device=device)))
         self.chosen_index = None
         if draw < self.no_mix_prob:
             return MixOutput.identity(x, y)
         position = (draw - self.no_mix_prob) / max(1.0 - self.no_mix_prob, 1e-12)  # uniform in [0, 1) again
-        cumulative = torch.tensor(self.probs, dtype=torch.float64).cumsum(0)
+        cumulative = np.cumsum(np.asarray(self.probs, dtype=np.float64))
         choice = min(int((cumulative <= position).sum()), len(self.mixers) - 1)
         child = self.mixers[choice]
         self.chosen_index = choice

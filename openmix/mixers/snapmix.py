@@ -118,8 +118,8 @@ def resized_crops(x: Tensor, index: Tensor, src_boxes: Tensor, dst_boxes: Tensor
     float32."""
     batch_size, channels, height, width = x.shape
     device = x.device
-    src = src_boxes.to(device, non_blocking=True)
-    dst = dst_boxes.to(device, non_blocking=True)
+    src = F_mix.to_device(src_boxes, device)
+    dst = F_mix.to_device(dst_boxes, device)
     row_a, row_b, row_w = _bilinear_taps(dst[:, 0], dst[:, 1] - dst[:, 0], src[:, 0], src[:, 1] - src[:, 0], height)
     col_a, col_b, col_w = _bilinear_taps(dst[:, 2], dst[:, 3] - dst[:, 2], src[:, 2], src[:, 3] - src[:, 2], width)
     partners = x.index_select(0, index)
@@ -230,9 +230,9 @@ class SnapMix(PairMixer):
         mask = F_mix.box_keep_mask(boxes, height, width, device)
         if self.mode == "batch":
             mixed = x if self.inplace else x.clone()
-            if bool(pasted[0]):
-                top, bottom, left, right = boxes[0].tolist()
-                src_top, src_bottom, src_left, src_right = sources[0].tolist()
+            if bool(F_mix.host_values(pasted)[0]):
+                top, bottom, left, right = F_mix.host_values(boxes[0]).tolist()
+                src_top, src_bottom, src_left, src_right = F_mix.host_values(sources[0]).tolist()
                 crops = x[:, :, src_top:src_bottom, src_left:src_right]
                 patch = F.interpolate(crops, size=(bottom - top, right - left), mode="bilinear", align_corners=True)
                 mixed[:, :, top:bottom, left:right] = patch.index_select(0, index)
@@ -245,7 +245,7 @@ class SnapMix(PairMixer):
         partner_maps = maps.index_select(0, index)
         weight_a = 1.0 - (maps * inside_own).sum(dim=(1, 2)) / (maps.sum(dim=(1, 2)) + EPS)
         weight_b = (partner_maps * inside_partner).sum(dim=(1, 2)) / (partner_maps.sum(dim=(1, 2)) + EPS)
-        pasted_here = pasted.to(device, non_blocking=True).expand(batch_size)
+        pasted_here = F_mix.to_device(pasted, device).expand(batch_size)
         weight_a = torch.where(pasted_here, weight_a, torch.ones_like(weight_a))  # unmixed: (1, 0), mixmethod.py:59-60
         weight_b = torch.where(pasted_here, weight_b, torch.zeros_like(weight_b))
         self._pending = (weight_a, weight_b, pasted_here)

@@ -99,6 +99,7 @@ from openmix.mixers._base import (
     check_positive,
 )
 from openmix.mixers._registry import accepts_argument, create_mixer, get_mixer_entry, register_mixer
+from openmix.targets import one_hot_targets
 
 SIMILARITIES = ("visible", "released")  # the sign of the similarity (module docstring)
 
@@ -129,8 +130,8 @@ def semantic_similarity(
     probs = clean_logits.detach().float().softmax(dim=-1)
     mixed = mixed_logits.detach().float().softmax(dim=-1)
     classes = probs.shape[-1]
-    own = probs * (1.0 - F.one_hot(y_b, classes).to(probs))  # sample i, its partner's label left out
-    partner = probs.index_select(0, index) * (1.0 - F.one_hot(y_a, classes).to(probs))  # the partner, y_a left out
+    own = probs * (1.0 - one_hot_targets(y_b, classes))  # sample i, its partner's label left out
+    partner = probs.index_select(0, index) * (1.0 - one_hot_targets(y_a, classes))  # the partner, y_a left out
     sign = 1.0 if similarity == "released" else -1.0
     s_a = F.normalize((sign * (mixed - own)).softmax(dim=-1), dim=-1) * scale
     s_b = F.normalize((sign * (mixed - partner)).softmax(dim=-1), dim=-1) * scale
