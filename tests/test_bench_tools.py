@@ -41,3 +41,19 @@ def test_bench_train_quick_reports_a_finite_cost_per_mixer(tmp_path):
     payload = json.loads(out.with_suffix(".json").read_text())
     assert {(row["method"], row["backbone"]) for row in payload["rows"]} == set(rows)
     assert math.isfinite(payload["median_ratio"])  # the mixup step against the bare timm loop
+
+
+def test_bench_train_refuses_a_device_it_cannot_use():
+    import pytest
+    import torch
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    import bench_train
+
+    with pytest.raises(SystemExit):
+        bench_train.parse_args(["--device", "tpu"])
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            bench_train.parse_args(["--device", "cuda"])
+    args = bench_train.parse_args(["--quick"])
+    assert args.device == torch.device("cpu") and args.precision == "32-true"

@@ -22,6 +22,13 @@ Reproduce (from the repository root)::
 
     PYTHONPATH=. python tools/bench_train.py --variant automix:clean_loss_weight=0   # docs/benchmarks/train.md
     PYTHONPATH=. python tools/bench_train.py --quick --mixers cutmix,transmix          # smoke test (temp dir)
+    PYTHONPATH=. python tools/bench_train.py --device cuda --batch-size 256 --steps 40 --warmup 10 \
+        --out docs/benchmarks/train_cuda.md                                            # on a CUDA machine
+
+On a CUDA device (``--device cuda[:N]``) the runs use ``--precision`` (default ``bf16-mixed``), channels-last
+networks, and pinned batches that each step copies to the device as Lightning does; a step time is the wall time of
+the timed steps between two device synchronisations, divided by their number (a synchronisation per step would
+hide exactly the host waits this benchmark is for).
 """
 
 from __future__ import annotations
@@ -76,22 +83,33 @@ class StepTimer(Callback):
     """Wall time of each training step after the first ``warmup`` ones, end to end (the interval between the ends
     of two consecutive steps: data fetch and logging included, as in the loop)."""
 
-    def __init__(self, warmup: int):
+    def __init__(self, warmup: int, device: torch.device | None = None):
         self.warmup = warmup
+        self.device = device or torch.device("cpu")
         self.marks: list[float] = []
 
     def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, batch, batch_idx: int) -> None:
         if batch_idx == self.warmup:
-            self.marks = [time.perf_counter()]
+            self.marks = [mark(self.device)]
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs, batch, batch_idx) -> None:
-        if batch_idx >= self.warmup:
-            self.marks.append(time.perf_counter())
+        if batch_idx >= self.warmup and (self.device.type == "cpu" or batch_idx == trainer.num_training_batches - 1):
+            self.marks.append(mark(self.device))
 
 
-def step_time(marks: list[float]) -> float:
+def mark(device: torch.device) -> float:
+    """The time now; on a CUDA device after waiting for it (used at the start and the end of the timed steps)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def step_time(marks: list[float], steps: int | None = None) -> float:
     """The median of the step intervals between consecutive ``marks``: a few steps slowed down by another process
-    on the machine do not move it, as they would move the mean."""
+    on the machine do not move it, as they would move the mean. With two marks around ``steps`` steps (a CUDA run),
+    their mean."""
+    if steps is not None and len(marks) == 2:
+        return (marks[1] - marks[0]) / steps
     return statistics.median(b - a for a, b in zip(marks, marks[1:]))
 
 
@@ -112,21 +130,28 @@ class Case:
 
 
 def make_batches(args: argparse.Namespace) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Host batches (pinned when the runs are on CUDA: each step copies its batch to the device)."""
     generator = torch.Generator().manual_seed(args.seed)
     shape = (args.batch_size, 3, args.size, args.size)
-    return [
+    batches = [
         (torch.randn(shape, generator=generator), torch.randint(0, NUM_CLASSES, (shape[0],), generator=generator))
         for _ in range(args.steps + args.warmup)
     ]
+    if args.device.type == "cuda":
+        batches = [(x.pin_memory(), y.pin_memory()) for x, y in batches]
+    return batches
 
 
-def run_lightning(module: L.LightningModule, batches: list, warmup: int) -> float:
+def run_lightning(module: L.LightningModule, batches: list, args: argparse.Namespace) -> float:
     """Seconds per training step of ``Trainer.fit`` over ``batches`` (one epoch): the median over the timed steps."""
-    timer = StepTimer(warmup)
+    timer = StepTimer(args.warmup, args.device)
+    on_cuda = args.device.type == "cuda"
     with tempfile.TemporaryDirectory() as log_dir:
         trainer = L.Trainer(
             max_epochs=1,
-            accelerator="cpu",
+            accelerator="gpu" if on_cuda else "cpu",
+            devices=[args.device.index or 0] if on_cuda else "auto",
+            precision=args.precision,
             logger=L.pytorch.loggers.CSVLogger(log_dir),
             callbacks=[timer],
             enable_progress_bar=False,
@@ -136,27 +161,36 @@ def run_lightning(module: L.LightningModule, batches: list, warmup: int) -> floa
             limit_val_batches=0,
         )
         trainer.fit(module, DataLoader(batches, batch_size=None))
-    return step_time(timer.marks)
+    return step_time(timer.marks, args.steps if on_cuda else None)
 
 
-def run_bare(model: torch.nn.Module, batches: list, warmup: int) -> float:
+def run_bare(model: torch.nn.Module, batches: list, args: argparse.Namespace) -> float:
     """Seconds per step (median over the timed ones) of a bare loop with timm's Mixup (alpha 1, batch mode) and
-    SGD."""
+    SGD; on CUDA with the batch copied to the device each step and autocast to ``--precision``'s dtype."""
+    device, on_cuda = args.device, args.device.type == "cuda"
+    model = model.to(device)
+    if on_cuda:
+        model = model.to(memory_format=torch.channels_last)
     mixup = TimmMixup(mixup_alpha=1.0, cutmix_alpha=0.0, label_smoothing=0.0, num_classes=NUM_CLASSES)
     criterion = SoftTargetCrossEntropy()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    autocast_dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(args.precision)
     model.train()
     marks: list[float] = []
     for step, (x, y) in enumerate(batches):
-        if step >= warmup:
-            marks.append(time.perf_counter())
+        if step >= args.warmup and (not on_cuda or step == args.warmup):
+            marks.append(mark(device))
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if on_cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
         x, targets = mixup(x.clone(), y)  # timm mixes in place: keep the shared batch intact
-        loss = criterion(model(x), targets)
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            loss = criterion(model(x), targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    marks.append(time.perf_counter())
-    return step_time(marks)
+    marks.append(mark(device))
+    return step_time(marks, args.steps if on_cuda else None)
 
 
 def import_dotted(path: str) -> type:
@@ -178,9 +212,10 @@ def module_class_of(cls: type) -> type:
 
 def model_kwargs(backbone: str, args: argparse.Namespace) -> dict[str, Any]:
     """MixClassifier's backbone arguments: the CNN, or the ViT at the batch's image size."""
+    channels_last = {"channels_last": True} if args.device.type == "cuda" else {}
     if backbone == "cnn":
-        return copy.deepcopy(CNN)
-    kwargs = copy.deepcopy(VIT)
+        return {**copy.deepcopy(CNN), **channels_last}
+    kwargs = {**copy.deepcopy(VIT), **channels_last}
     kwargs["backbone_kwargs"].update(img_size=args.size, **args.vit_kwargs)
     return kwargs
 
@@ -232,7 +267,7 @@ def mixer_case(
         requires=entry.requires,
         learned=entry.learned,
         build=lambda: copy.deepcopy(template),
-        run=lambda module: run_lightning(module, batches, args.warmup),
+        run=lambda module: run_lightning(module, batches, args),
     )
 
 
@@ -252,7 +287,7 @@ def build_cases(args: argparse.Namespace, batches: list) -> tuple[list[Case], li
         requires=(),
         learned=False,
         build=lambda: cnn_reference.build().network,
-        run=lambda network: run_bare(network, batches, args.warmup),
+        run=lambda network: run_bare(network, batches, args),
     )
     for name, extra in wanted:
         try:
@@ -333,6 +368,9 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
         "versions": {"torch": torch.__version__, "timm": timm.__version__, "lightning": L.__version__},
         "openmix": openmix.__version__,
         "batch": [args.batch_size, 3, args.size, args.size],
+        "device": str(args.device),
+        "device_name": torch.cuda.get_device_name(args.device) if args.device.type == "cuda" else cpu_model(),
+        "precision": args.precision,
         "steps": args.steps,
         "warmup": args.warmup,
         "repeats": args.repeats,
@@ -426,6 +464,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=4, help="rounds (every case once per round)")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's own choice)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data, the weights and the round order")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    parser.add_argument(
+        "--precision", help="Lightning precision of the runs (default 32-true on the CPU, bf16-mixed on CUDA)"
+    )
     parser.add_argument("--out", type=Path, help=f"markdown output; JSON goes next to it (default {DEFAULT_OUT})")
     parser.add_argument("--quick", action="store_true", help="tiny run for a smoke test (temp dir unless --out)")
     raw = sys.argv[1:] if argv is None else argv
@@ -437,6 +479,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.vit_kwargs = dict(QUICK_VIT)
         args.out = args.out or Path(tempfile.gettempdir()) / "openmix_bench_train.md"
     args.out = args.out or DEFAULT_OUT
+    try:
+        args.device = torch.device(args.device)
+    except RuntimeError as error:
+        parser.error(f"--device: {error}")
+    if args.device.type not in ("cpu", "cuda"):
+        parser.error(f"--device must be cpu or cuda[:N], got {args.device}")
+    if args.device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available here")
+    args.precision = args.precision or ("bf16-mixed" if args.device.type == "cuda" else "32-true")
     args.mixers = args.mixers.split(",") if args.mixers else openmix.list_mixers()
     unknown = sorted({*args.mixers, *(name for name, _ in args.variant)} - set(openmix.list_mixers()))
     if unknown:
