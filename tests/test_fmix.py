@@ -9,12 +9,16 @@ vertically as horizontally; an H x W field has the statistics of a W x H one, tr
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 import openmix
-from openmix.mixers.fmix import low_frequency_noise
+from openmix.mixers.fmix import _device_top_mask, low_frequency_noise, top_fraction_mask
+from openmix.mixers.functional import blend
 
 
 def _fmix_masks(num: int, height: int, width: int, seed: int) -> torch.Tensor:
@@ -90,3 +94,83 @@ def test_low_frequency_noise_is_reproducible_with_a_generator():
     out_a = mixer(x, y, generator=torch.Generator().manual_seed(9))
     out_b = mixer(x, y, generator=torch.Generator().manual_seed(9))
     assert torch.equal(out_a.mask, out_b.mask) and torch.equal(out_a.x, out_b.x)
+
+
+# ------------------------------------------------------------------------------------------- no host sync, exact counts
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+from count_syncs import count_sync_ops  # noqa: E402
+
+
+@pytest.mark.parametrize("mode", ["batch", "elem"])
+@pytest.mark.parametrize("shape", [(6, 3, 16, 16), (4, 3, 128, 120)])  # the second takes the per-sample CPU blend
+def test_fmix_runs_without_sync_like_ops(mode, shape):
+    mixer = openmix.create_mixer("fmix", mode=mode)
+    x, y = torch.randn(shape), torch.arange(shape[0])
+    generator = torch.Generator().manual_seed(0)
+    mixer(x, y, generator=generator)  # warm-up: the spectrum block of this size is computed and cached
+    assert count_sync_ops(lambda: mixer(x, y, generator=generator)) == {}
+
+
+def test_the_device_path_of_the_mask_runs_without_sync_like_ops():
+    # what a CUDA batch runs: the threshold is selected by torch on the device, nothing read back
+    values = low_frequency_noise(5, 24, 20, generator=torch.Generator().manual_seed(1)).view(5, -1)
+    keep = np.array([0, 1, 200, 479, 480])
+    assert count_sync_ops(lambda: _device_top_mask(values, keep)) == {}
+
+
+def _top_count_mask(values: torch.Tensor, keep: int) -> torch.Tensor:
+    """1 on the ``keep`` largest entries of a 1-D tensor, by a full sort (ties: the earlier entry first)."""
+    array = values.numpy()
+    order = np.lexsort((np.arange(array.size), -array))  # by value, descending, then by position
+    mask = np.zeros(array.size, dtype=np.float32)
+    mask[order[:keep]] = 1.0
+    return torch.from_numpy(mask)
+
+
+@pytest.mark.parametrize("shape", [(8, 8), (15, 22), (64, 64), (70, 96)])
+def test_fmix_elem_masks_keep_exactly_the_pixels_lam_implies(shape):
+    height, width = shape
+    num = 12
+    lam = torch.cat([torch.tensor([0.0, 1.0, 0.5]), torch.rand(num - 3, generator=torch.Generator().manual_seed(7))])
+    mixer = openmix.create_mixer("fmix", mode="elem")
+    x = torch.randn(num, 2, height, width)
+    out = mixer(x, torch.zeros(num, dtype=torch.int64), lam=lam, generator=torch.Generator().manual_seed(3))
+    # the mixer's own noise, drawn again: same generator, same order of draws (partners, then the spectrum)
+    generator = torch.Generator().manual_seed(3)
+    torch.randperm(num, generator=generator)
+    noise = low_frequency_noise(num, height, width, generator=generator).view(num, -1)
+    for row in range(num):
+        expected_count = round(float(lam[row].double()) * height * width)  # round half to even, as NumPy and torch
+        assert int(out.mask[row].sum()) == expected_count
+        assert torch.equal(out.mask[row].flatten(), _top_count_mask(noise[row], expected_count)), f"row {row}"
+    assert torch.equal(out.lam, (out.mask.sum(dim=(1, 2, 3)).double() / (height * width)).float())
+
+
+def test_tied_values_fill_the_mask_in_raster_order_on_both_paths():
+    values = torch.tensor([[1.0, 2.0, 2.0, 2.0, 3.0], [0.0, 0.0, 0.0, 0.0, 0.0], [5.0, 4.0, 4.0, 1.0, 4.0]])
+    keep = np.array([3, 2, 3])
+    expected = torch.tensor([[0.0, 1.0, 1.0, 0.0, 1.0], [1.0, 1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 0.0, 0.0]])
+    assert torch.equal(top_fraction_mask(values, keep), expected)
+    assert torch.equal(_device_top_mask(values, keep), expected)
+
+
+@pytest.mark.parametrize("shape", [(9, 9), (96, 96), (40, 224)])
+def test_host_and_device_selections_give_the_same_mask(shape):
+    num = 9
+    values = low_frequency_noise(num, *shape, generator=torch.Generator().manual_seed(5)).view(num, -1)
+    size = values.shape[1]
+    keep = np.array([0, 1, 2, size // 3, size // 2, size - 2, size - 1, size, 17])
+    host = top_fraction_mask(values, keep)
+    assert torch.equal(host, _device_top_mask(values, keep))
+    assert torch.equal(host.sum(dim=1), torch.from_numpy(keep).float())
+
+
+@pytest.mark.parametrize("mode", ["batch", "elem"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_the_per_sample_cpu_blend_gives_the_shared_blend_exactly(mode, channels_last):
+    x = torch.randn(5, 3, 112, 112, generator=torch.Generator().manual_seed(2))  # large samples: the CPU shortcut
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    out = openmix.create_mixer("fmix", mode=mode)(x, torch.arange(5), generator=torch.Generator().manual_seed(6))
+    expected = blend(x, out.index, out.mask)
+    assert torch.equal(out.x, expected) and out.x.stride() == expected.stride()

@@ -11,7 +11,8 @@ ImageNet https://image-net.org (ILSVRC-2012, train/ and val/ sorted into one fol
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,6 +21,7 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets
 
+from openmix.collate import MixCollate, check_collate_mixer
 from openmix.data.datasets import (
     INTERPOLATIONS,
     ArrayImageDataset,
@@ -41,6 +43,7 @@ from openmix.data.readers import (
     load_fashion_mnist,
     read_wnids,
 )
+from openmix.mixers import Mixer
 
 
 class ClassificationData(L.LightningDataModule, abc.ABC):
@@ -62,6 +65,17 @@ class ClassificationData(L.LightningDataModule, abc.ABC):
         drop_last: drop the last incomplete training batch (and the tail that does not divide among ranks); a
             training set that this leaves without a single batch is a ``ValueError`` (see
             :meth:`check_training_batches`).
+        collate_mixer: mix every training batch while it is collated, in the loader's worker processes, with this
+            mixer (a registered name such as ``cutmix``, or ``{class_path: openmix.mixers.CutMix, init_args: ...}``;
+            one that needs nothing from the network, see :class:`~openmix.collate.MixCollate`); ``None``: no
+            collate-time mixing. The training batches are then ``(images, (B, num_classes) float32 soft targets)``:
+            train with ``MixClassifier(mixer=None)`` and an objective that needs only the mixed batch and its
+            targets (``ce``, ``bce``; its ``label_smoothing`` still applies; RegMixup's clean batch and the decoupled
+            term's label pair are not in such a batch, and the logged lambdas are 1). The images are mixed as the
+            datasets give them, normalised float32 (the mix commutes with the per-channel normalisation, so the
+            numbers are those of mixing in the model); validation and test batches are never mixed. Each batch
+            draws from a generator seeded by ``seed`` (with the rank, the loader's worker seed and a batch counter:
+            see :class:`~openmix.collate.MixCollate`).
     """
 
     NUM_CLASSES = 0
@@ -79,6 +93,7 @@ class ClassificationData(L.LightningDataModule, abc.ABC):
         limit_train: int | None = None,
         limit_val: int | None = None,
         drop_last: bool = True,
+        collate_mixer: Mixer | str | None = None,
     ) -> None:
         super().__init__()
         batch_size = _check_int(batch_size, "batch_size", 1)
@@ -90,6 +105,10 @@ class ClassificationData(L.LightningDataModule, abc.ABC):
         self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
         self.augment, self.seed, self.val_batch_size = augment, seed, val_batch_size
         self.limit_train, self.limit_val, self.drop_last = limit_train, limit_val, drop_last
+        # checked now (a mixer that needs the network is refused when the config is parsed); built into a collate
+        # function by the first training loader, once the number of classes is known
+        self.collate_mixer = None if collate_mixer is None else check_collate_mixer(collate_mixer, name="collate_mixer")
+        self._train_collate: MixCollate | None = None
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.classes: list[str] | None = None
@@ -149,7 +168,26 @@ class ClassificationData(L.LightningDataModule, abc.ABC):
         self.check_training_batches()
         world_size, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
         sampler = EpochSampler(self.train_set, world_size, rank, shuffle=True, seed=self.seed, drop_last=self.drop_last)
-        return self._loader(self.train_set, self.batch_size, sampler, self.drop_last)
+        return self._loader(self.train_set, self.batch_size, sampler, self.drop_last, self.train_collate(rank))
+
+    def train_collate(self, rank: int = 0) -> MixCollate | None:
+        """The collate function of the training loader: a :class:`~openmix.collate.MixCollate` of ``collate_mixer``
+        (made once, so that its batch counter runs on when the loaders are rebuilt), or ``None`` (the default
+        collate)."""
+        if self.collate_mixer is None:
+            return None
+        model = self.trainer.lightning_module if self.trainer is not None else None
+        if getattr(model, "mixer", None) is not None:
+            warnings.warn(
+                f"the data module mixes the training batches (collate_mixer {type(self.collate_mixer).__name__}) and "
+                f"the model mixes them again (mixer {type(model.mixer).__name__}): set the model's mixer to null",
+                stacklevel=2,
+            )
+        if self._train_collate is None:
+            # ranks draw differently (a 32-bit seed of (seed, rank)); rank 0 keeps the seed itself
+            seed = self.seed if rank == 0 else int(np.random.SeedSequence([self.seed, rank]).generate_state(1)[0])
+            self._train_collate = MixCollate(self.collate_mixer, self.num_classes, seed=seed)
+        return self._train_collate
 
     def val_dataloader(self) -> DataLoader:
         """Sequential batches of the held-out labelled split."""
@@ -166,13 +204,21 @@ class ClassificationData(L.LightningDataModule, abc.ABC):
         """The held-out split again, for ``openmix predict`` (class probabilities per image)."""
         return self.val_dataloader()
 
-    def _loader(self, dataset: Dataset, batch_size: int, sampler: EpochSampler | None, drop_last: bool) -> DataLoader:
+    def _loader(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        sampler: EpochSampler | None,
+        drop_last: bool,
+        collate_fn: Callable[[list[Any]], Any] | None = None,
+    ) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=batch_size,
             sampler=sampler,
             shuffle=False,
             num_workers=self.num_workers,
+            collate_fn=collate_fn,
             pin_memory=self.pin_memory,
             drop_last=drop_last,
             persistent_workers=self.num_workers > 0,

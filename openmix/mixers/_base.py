@@ -237,6 +237,10 @@ class Mixer(nn.Module, abc.ABC):
     - ``learned``: its parameters are trained during training (then ``trained_by`` names the module class that can).
     - ``takes_lam``: ``forward`` accepts an explicit ``lam`` (Co-Mixup does not: it chooses every output's shares by
       optimisation and refuses a ``lam`` with a ``ValueError``).
+    - ``reads_pixels``: its draws (partners, lambdas, masks) may depend on the pixels (SaliencyMix's peak, a
+      network's attention). ``False`` declares they depend on the batch and image sizes and the generator alone and
+      that the output is ``mask * x[i] + (1 - mask) * x[index[i]]``: a collate function (``openmix.collate``) may
+      then draw the mix on a small stand-in and apply it to uint8 pixels. A subclass that reads pixels sets it back.
     - ``solves_on_host``: each call solves an optimisation on the CPU (PuzzleMix's and Co-Mixup's graph cuts), so it
       copies the batch's saliency to the host and waits for the device by design. Every other mixer makes its draws
       on the host and reads nothing back from the device: a training step with it never synchronises
@@ -254,6 +258,7 @@ class Mixer(nn.Module, abc.ABC):
     learned: ClassVar[bool] = False
     takes_lam: ClassVar[bool] = True
     solves_on_host: ClassVar[bool] = False
+    reads_pixels: bool = True
     trained_by: ClassVar[str | None] = None
     inplace: bool = False
     registry_name: str = ""

@@ -251,13 +251,14 @@ class AdAutoMix(AutoMix):
         partners = [F_mix.partner_index(batch_size, "random", generator) for _ in range(self.num_sources - 1)]
         indices = torch.stack([torch.arange(batch_size), *partners], dim=1).to(x.device)
         shares = draw_shares(self.alpha, self.num_sources, rows, None if own is None else own[:rows], generator)
-        shares = shares.expand(batch_size, -1).to(device=x.device, dtype=torch.float32)
+        shares = shares.expand(batch_size, -1)
+        near_edge = (shares[:, 0] <= self.lam_margin) | (shares[:, 0] >= 1 - self.lam_margin)  # on the host
+        shares = F_mix.to_device(shares, x.device, torch.float32)
         self.last_target_lam = shares[:, 0]
-        near_edge = (shares[:, 0] <= self.lam_margin) | (shares[:, 0] >= 1 - self.lam_margin)
         if draw == "block":
             near_edge = torch.zeros_like(near_edge)  # the generator learns from every share (AdAutoMix.py:494)
         constant = shares.view(batch_size, -1, 1, 1).expand(-1, -1, height, width)
-        if bool(near_edge.all()):  # plain k-source mixup: constant masks, no features needed
+        if F_mix.host_values(near_edge).all():  # plain k-source mixup: constant masks, no features needed
             masks = constant.contiguous()
         else:
             features = self.features(x, network) if features is None else features.detach().float()

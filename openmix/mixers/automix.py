@@ -259,13 +259,13 @@ class AutoMix(PairMixer):
         elif self.extractor is None:
             check_network(network)
         target = self.draw_lam(lam, batch_size, generator)  # (B,) float64 CPU
-        self.last_target_lam = target.float().to(x.device)  # what the labels and the mask loss use
+        self.last_target_lam = F_mix.to_device(target, x.device, torch.float32)  # what the labels and mask loss use
         near_edge = (target <= self.lam_margin) | (target >= 1 - self.lam_margin)
         if draw == "block" and not self.margin_skips_block:
             near_edge = torch.zeros_like(near_edge)  # the block learns from every lambda (automix.py:548-551)
         adjust = draw == "classifier" and self.mask_adjust > 0 and self.draw_adjust(generator)
         constant = self.last_target_lam.view(-1, 1, 1, 1).expand(-1, 1, height, width)
-        if bool(near_edge.all()):  # plain mixup: a constant mask of lambda, no features needed
+        if F_mix.host_values(near_edge).all():  # plain mixup: a constant mask of lambda, no features needed
             mask = constant.contiguous()
         else:
             features = self.features(x, network) if features is None else features.detach().float()

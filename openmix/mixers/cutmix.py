@@ -35,6 +35,8 @@ class CutMix(PairMixer):
         inplace: write into the input tensor; in batch mode only the box is written.
     """
 
+    reads_pixels = False  # its draws depend on the sizes and the generator alone
+
     def __init__(
         self,
         alpha: float = 1.0,

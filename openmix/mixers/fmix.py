@@ -4,20 +4,57 @@ Harris et al., "FMix: Enhancing Mixed Sample Data Augmentation", 2020. https://a
 
 A complex Gaussian spectrum is scaled by 1 / f^decay_power (f the frequency magnitude, floored at 1 / max(H, W)),
 inverted with an FFT into a smooth grey-scale image, and the top-lambda fraction of its pixels (exactly
-round(lam * H * W) of them) becomes the region of sample i itself. Masks are generated in torch on the input's
-device; ``max_soft`` gives the mask a linear ramp of that width (in fraction of pixels) around the threshold.
+round(lam * H * W) of them) becomes the region of sample i itself. Masks are made on the input's device;
+``max_soft`` gives the mask a linear ramp of that width (in fraction of pixels) around the threshold.
+
+No host synchronisation (:mod:`openmix.mixers.functional`): the drawn block of the spectrum and each mask's pixel
+count are host values, fixed by the image size and lambda; the spectrum is drawn on the generator's device and
+reaches the batch's device through ``to_device``; on a device the threshold is selected there (one ``kthvalue``
+call for all masks), and nothing is read back. On the CPU the noise is host memory already: NumPy's introselect
+(``np.partition``) finds the same threshold several times faster than torch, and the blend reads each partner
+where it lies instead of gathering copies first. Either way a mask holds the ``keep = round(lam * H * W)``
+largest noise values, ties at the threshold taken in raster order, so a binary mask keeps exactly ``keep`` pixels
+(an earlier version kept every tied value: a pixel or two more on rare draws). The draws and their order (lambda,
+then the spectrum coefficients) are unchanged, so a seed gives the same lambdas and, ties aside, the same masks.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from openmix.mixers import functional as F_mix
 from openmix.mixers._base import PairMixer
 from openmix.mixers._registry import register_mixer
+
+
+@functools.lru_cache(maxsize=32)
+def _spectrum_block(height: int, width: int, decay_power: float, tolerance: float) -> tuple[int, int, Tensor]:
+    """The drawn block of the half spectrum, computed once per image size, on the host: (top, bottom, scale).
+
+    The kept rows (|f_y| <= cutoff) are the first ``top`` and the last ``bottom`` rows of the FFT grid (the
+    frequency magnitude grows towards its middle), the kept columns the first ``scale.shape[1]`` of the rfft grid.
+    ``scale`` (top + bottom, columns) is the float32 amplitude of each drawn coefficient; callers must not modify it.
+    """
+    freq_y = torch.fft.fftfreq(height, dtype=torch.float32)
+    freq_x = torch.fft.rfftfreq(width, dtype=torch.float32)
+    floor = 1.0 / max(height, width)
+    cutoff = floor * tolerance ** (-1.0 / decay_power)  # scale(f) = max(f, floor)^-decay >= tolerance * floor^-decay
+    kept_rows = F_mix.host_values(freq_y.abs() <= cutoff)
+    top = height if kept_rows.all() else int(np.argmin(kept_rows))  # row 0 (f = 0) is always kept
+    bottom = int(kept_rows.sum()) - top
+    num_cols = int(F_mix.host_values(freq_x <= cutoff).sum())
+    rows = torch.cat([freq_y[:top], freq_y[height - bottom :]])
+    magnitude = torch.sqrt(freq_x[:num_cols].view(1, -1) ** 2 + rows.view(-1, 1) ** 2)
+    scale = magnitude.clamp(min=floor).pow(-decay_power)  # (rows, cols)
+    # columns irfft reads as their own conjugates (0, and W / 2 for an even W): only their real part survives
+    cols = torch.arange(num_cols)
+    self_conjugate = (cols == 0) | (cols * 2 == width)
+    return top, bottom, scale * torch.where(self_conjugate, 2.0**0.5, 1.0).view(1, -1)
 
 
 def low_frequency_noise(
@@ -31,87 +68,112 @@ def low_frequency_noise(
 ) -> Tensor:
     """(num, H, W) float32 grey-scale images whose spectrum decays as 1 / f^decay_power (Harris et al., Sec. 3).
 
-    Only the half spectrum is drawn; ``irfft2`` mirrors it but keeps just the real part of its self-conjugate
+    Only the half spectrum is drawn; ``irfft`` mirrors it but keeps just the real part of its self-conjugate
     columns (zero frequency across the width and, for an even width, the Nyquist column), which alone would halve
     the power of purely vertical variation. Scaling those columns by sqrt(2) makes the field distributed as (sqrt(2)
     times) the real part of the inverse FFT of a full complex Gaussian spectrum: isotropic, at half the cost.
 
     Frequencies whose amplitude scale is below ``tolerance`` times the largest one are left at zero: with the
     default decay power 3 that drops nothing on images up to 43 px and, at 224 px, only coefficients that carry
-    under 1e-6 of the noise variance, while it saves drawing and transforming most of the spectrum.
+    under 1e-6 of the noise variance, while it saves drawing and transforming most of the spectrum. The inverse
+    transform is the 2-D one taken axis by axis: an inverse FFT down the few drawn columns only, then an inverse
+    real FFT along the width (the same values as ``irfft2`` of the zero-filled half spectrum, several times faster).
     """
-    freq_y = torch.fft.fftfreq(height, device=device)
-    freq_x = torch.fft.rfftfreq(width, device=device)
-    floor = 1.0 / max(height, width)
-    cutoff = floor * tolerance ** (-1.0 / decay_power)  # scale(f) = max(f, floor)^-decay >= tolerance * floor^-decay
-    rows = torch.nonzero(freq_y.abs() <= cutoff).squeeze(1)
-    cols = torch.nonzero(freq_x <= cutoff).squeeze(1)
-    magnitude = torch.sqrt(freq_x[cols].view(1, -1) ** 2 + freq_y[rows].view(-1, 1) ** 2)
-    scale = magnitude.clamp(min=floor).pow(-decay_power)  # (rows, cols)
-    # columns irfft2 reads as their own conjugates (0, and W / 2 for an even W): only their real part survives
-    self_conjugate = (cols == 0) | (cols * 2 == width)
-    scale = scale * torch.where(self_conjugate, 2.0**0.5, 1.0).view(1, -1)
-    noise_device = generator.device if generator is not None else torch.device(device)
-    real_imag = torch.randn(num, *scale.shape, 2, generator=generator, device=noise_device).to(device)
-    spectrum = torch.zeros(num, height, freq_x.numel(), dtype=torch.complex64, device=device)
-    spectrum[:, rows.view(-1, 1), cols.view(1, -1)] = torch.view_as_complex(real_imag) * scale
-    return torch.fft.irfft2(spectrum, s=(height, width))
+    top, bottom, scale = _spectrum_block(height, width, float(decay_power), float(tolerance))
+    device = torch.device(device)
+    noise_device = generator.device if generator is not None else device
+    real_imag = torch.randn(num, *scale.shape, 2, generator=generator, device=noise_device)
+    coefficients = torch.view_as_complex(F_mix.to_device(real_imag, device)) * F_mix.to_device(scale, device)
+    num_cols = scale.shape[1]
+    columns = torch.zeros(num, height, num_cols, dtype=torch.complex64, device=device)
+    columns[:, :top] = coefficients[:, :top]
+    columns[:, height - bottom :] = coefficients[:, top:]
+    half = torch.zeros(num, height, width // 2 + 1, dtype=torch.complex64, device=device)
+    torch.fft.ifft(columns, dim=1, out=half[:, :, :num_cols])  # zero-filled here: irfft's own padding is slower
+    return torch.fft.irfft(half, n=width, dim=2)
 
 
-def _padded_kth_threshold(values: Tensor, keep: Tensor) -> Tensor:
-    """(n, 1) value of rank ``keep[i]`` (1 = largest) in each row, exact, by one shared-k selection.
+def _host_threshold(values: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """(n,) the keep[i]-th largest value of each row of a host array (-inf for keep N, +inf for keep 0).
 
-    The keep[i]-th largest is the (N - keep[i] + 1)-th smallest. Padding row i with (keep[i] - 1) copies of -inf
-    and +inf for the rest makes it the N-th smallest of every padded row, so one ``kthvalue`` call serves all rows.
+    NumPy's introselect (``np.partition``) finds it in O(N), several times faster than ``torch.kthvalue`` on the
+    CPU. (Bracketing it first with a subsample of the row, as an earlier version did, saves nothing here: the
+    per-row passes that find the bracket cost as much as the selection.)
     """
     size = values.shape[1]
-    column = torch.arange(size - 1, device=values.device).view(1, -1)
-    pad = torch.where(column < (keep - 1).view(-1, 1), float("-inf"), float("inf")).to(values.dtype)
-    return torch.cat([values, pad], dim=1).kthvalue(size, dim=1).values.view(-1, 1)
+    threshold = np.where(keep > 0, -np.inf, np.inf).astype(values.dtype)
+    for row in np.flatnonzero((keep > 0) & (keep < size)):
+        position = size - keep[row]
+        threshold[row] = np.partition(values[row], position)[position]
+    return threshold
 
 
-def _bracketed_threshold(values: Tensor, keep: Tensor, guide: Tensor, margin: float = 0.01) -> Tensor | None:
-    """The same threshold as :func:`_padded_kth_threshold`, found faster with a coarse ``guide`` of each row.
+def _device_threshold(values: Tensor, keep: np.ndarray) -> Tensor:
+    """(n, 1) the keep[i]-th largest value of each row, exact, by one ``kthvalue`` call on the values' device.
 
-    The guide (a subsample of the row) gives a value ``upper`` expected just above the threshold (``margin`` of
-    its length above the expected rank). Pixels above ``upper`` are kept for sure; the threshold is the r-th
-    largest of the rest, r = keep - (number above), found by one ``topk`` over all rows with the pixels above
-    ``upper`` masked out. Returns ``None`` when ``upper`` misses (r < 1) or lies too far above (r > 2 margin N);
-    the caller then falls back to the exact padded selection.
+    The keep[i]-th largest is the rank[i]-th smallest, rank = N - keep + 1. Padding row i with (R - rank[i]) copies
+    of -inf and (rank[i] - r) of +inf, R and r the largest and smallest rank (host values), makes it the R-th
+    smallest of every padded row; nothing is read back from the device.
     """
-    size, guide_size = values.shape[1], guide.shape[1]
-    ordered = guide.sort(dim=1, descending=True).values
-    expected = keep.double() * guide_size / size  # the threshold's rank in the guide
-    spread = int(margin * guide_size) + 2
-    upper = ordered.gather(1, (expected.floor().long() - spread).clamp(0, guide_size - 1).view(-1, 1))
-    above = values > upper
-    # counts as float32 sums: exact below 2^24 per row, and several times faster than count_nonzero on CPU
-    rank = keep - above.float().sum(dim=1).long()  # 1-based rank of the threshold among the pixels <= upper
-    if not bool(((rank >= 1) & (rank <= 2 * margin * size + 1)).all()):
-        return None
-    below = values.masked_fill(above, float("-inf"))
-    return below.topk(int(rank.max()), dim=1).values.gather(1, (rank - 1).view(-1, 1))
+    size = values.shape[1]
+    inner = (keep > 0) & (keep < size)
+    fixed = np.where(inner, np.nan, np.where(keep > 0, -np.inf, np.inf))  # keep N: all pixels, keep 0: none
+    if not inner.any():
+        return F_mix.to_device(F_mix.host_tensor(fixed), values.device, values.dtype).view(-1, 1)
+    rank = size - keep + 1
+    rank = np.where(inner, rank, rank[inner].max())  # a placeholder rank for the all-or-nothing rows
+    shared, spread = int(rank.max()), int(rank.max() - rank.min())
+    padded = values
+    if spread > 0:
+        below = F_mix.to_device(F_mix.host_tensor(shared - rank), values.device).view(-1, 1)
+        column = torch.arange(spread, device=values.device).view(1, -1)
+        pad = torch.where(column < below, float("-inf"), float("inf")).to(values.dtype)
+        padded = torch.cat([values, pad], dim=1)
+    selected = padded.kthvalue(shared, dim=1).values.view(-1, 1)
+    fixed = F_mix.to_device(F_mix.host_tensor(fixed), values.device, values.dtype).view(-1, 1)
+    return torch.where(torch.isnan(fixed), selected, fixed)
 
 
-def top_fraction_mask(values: Tensor, keep: Tensor, max_soft: float = 0.0, guide: Tensor | None = None) -> Tensor:
+def _host_top_mask(values: Tensor, keep: np.ndarray) -> Tensor:
+    """:func:`top_fraction_mask`'s binary mask for values on the CPU (host memory: reading it waits for nothing)."""
+    array = F_mix.host_values(values)
+    threshold = _host_threshold(array, keep)
+    mask = torch.empty(values.shape, dtype=torch.float32)
+    torch.ge(values, F_mix.host_tensor(threshold).view(-1, 1), out=mask)  # 0 / 1 written as float32 directly
+    counts = F_mix.host_values(mask.sum(dim=1))  # float32 sums of 0 / 1: exact below 2^24 per row
+    mask_array = F_mix.host_values(mask)  # shares the mask's memory
+    for row in np.flatnonzero(counts != keep):  # ties at the threshold (rare): keep the first ones
+        ties = np.flatnonzero(array[row] == threshold[row])
+        mask_array[row, ties[ties.size - int(counts[row] - keep[row]) :]] = 0.0
+    return mask
+
+
+def _device_top_mask(values: Tensor, keep: np.ndarray) -> Tensor:
+    """:func:`top_fraction_mask`'s binary mask computed with torch ops only, none of which syncs a device."""
+    threshold = _device_threshold(values, keep)
+    above = values > threshold
+    ties = values == threshold
+    room = F_mix.to_device(F_mix.host_tensor(keep), values.device).view(-1, 1) - above.sum(dim=1, keepdim=True)
+    return (above | (ties & (ties.cumsum(dim=1) <= room))).float()  # ties at the threshold: the first ones
+
+
+def top_fraction_mask(values: Tensor, keep: Tensor | np.ndarray, max_soft: float = 0.0) -> Tensor:
     """Per row of ``values`` (n, N): 1 on the ``keep[i]`` largest entries, 0 elsewhere, float32 (n, N).
 
-    With ``max_soft`` > 0 a linear ramp from 1 to 0 spans the ``2 * soft`` entries around the threshold
-    (soft = N * min(max_soft, lam, 1 - lam)); the ramp's mean is 1/2, so each row still sums to ``keep[i]``.
-    ``guide`` (n, m), a subsample of each row, only speeds up the binary case; the result is the same.
+    ``keep`` (n,) are host values (a CPU tensor or an array of pixel counts, clipped to [0, N]). Values tied at the
+    threshold are taken in raster order up to ``keep[i]``, so a binary row sums to exactly ``keep[i]``. With
+    ``max_soft`` > 0 a linear ramp from 1 to 0 spans the ``2 * soft`` entries around the threshold (soft = N *
+    min(max_soft, lam, 1 - lam)); the ramp's mean is 1/2, so each row still sums to ``keep[i]``. Values on a
+    device are never read back: the selection runs there.
     """
     num_rows, size = values.shape
-    keep = keep.to(values.device).long().clamp(0, size)
+    keep_values = F_mix.host_values(keep) if isinstance(keep, Tensor) else np.asarray(keep)
+    keep_values = np.clip(keep_values.astype(np.int64).reshape(-1), 0, size)
     if max_soft <= 0:
-        full, empty = keep == size, keep == 0
-        trivial = full | empty
-        keep_inner = torch.where(trivial, torch.ones_like(keep), keep)  # placeholder rank for all-or-nothing rows
-        threshold = None if guide is None else _bracketed_threshold(values, keep_inner, guide)
-        if threshold is None:
-            threshold = _padded_kth_threshold(values, keep_inner)
-        threshold = torch.where(full.view(-1, 1), float("-inf"), threshold)
-        threshold = torch.where(empty.view(-1, 1), float("inf"), threshold)
-        return (values >= threshold).float()
+        if values.device.type == "cpu":
+            return _host_top_mask(values, keep_values)
+        return _device_top_mask(values, keep_values)
+    keep = F_mix.to_device(F_mix.host_tensor(keep_values), values.device)
     order = values.argsort(dim=1, descending=True)
     rank = torch.empty_like(order).scatter_(1, order, torch.arange(size, device=values.device).expand(num_rows, -1))
     share = keep.double() / size
@@ -120,6 +182,26 @@ def top_fraction_mask(values: Tensor, keep: Tensor, max_soft: float = 0.0, guide
     ramp = 1.0 - (rank - low).double() / (2 * soft - 1).clamp(min=1)  # linspace(1, 0, 2 * soft) over the band
     mask = torch.where(rank < low, 1.0, torch.where(rank >= low + 2 * soft, 0.0, ramp))
     return mask.float()
+
+
+_ROW_BLEND_SIZE = 32 * 1024  # values per sample from which the per-sample CPU blend beats gather + lerp
+
+
+def _blend(x: Tensor, index: Tensor, mask: Tensor, inplace: bool) -> Tensor:
+    """:func:`F_mix.blend` of ``x`` with ``x[index]`` under ``mask`` (1 or B masks), the same values.
+
+    On the CPU, out of place and without autograd, each output sample is one ``lerp`` of its own pixels and its
+    partner's, both read where they lie: the partners are never gathered into a copy first, which saves a third of
+    the memory traffic. ``index`` is then host memory, read without waiting for anything. Small samples (where
+    the per-sample calls would cost more than the copy) and every other case take :func:`F_mix.blend`.
+    """
+    if inplace or x.device.type != "cpu" or x[0].numel() < _ROW_BLEND_SIZE or F_mix.records_grad(x, mask):
+        return F_mix.blend(x, index, mask, inplace)
+    weight = F_mix.to_device(mask, x.device, x.dtype)
+    out = torch.empty_like(x)
+    for row, partner in enumerate(F_mix.host_values(index).tolist()):
+        torch.lerp(x[partner], x[row], weight[row if weight.shape[0] > 1 else 0], out=out[row])
+    return out
 
 
 @register_mixer(
@@ -139,6 +221,8 @@ class FMix(PairMixer):
         pairing: ``"random"`` or ``"flip"``.
         inplace: write into the input tensor.
     """
+
+    reads_pixels = False  # its draws depend on the sizes and the generator alone
 
     def __init__(
         self,
@@ -163,21 +247,23 @@ class FMix(PairMixer):
         if lam_in is not None or not self.reformulate:
             return super().draw_lam(lam_in, batch_size, generator)
         num = 1 if self.mode == "batch" else batch_size
-        draws = torch.from_numpy(F_mix.numpy_rng(generator).beta(self.alpha + 1, self.alpha, size=num))
+        draws = F_mix.host_tensor(F_mix.numpy_rng(generator).beta(self.alpha + 1, self.alpha, size=num))
         return draws.expand(batch_size)
 
     def mix(
         self, x: Tensor, index: Tensor, lam: Tensor | None, generator: torch.Generator | None
     ) -> tuple[Tensor, Tensor, Tensor]:
         batch_size, _, height, width = x.shape
+        size = height * width
         num_masks = 1 if self.mode == "batch" else batch_size
         lam = self.draw_lam(lam, batch_size, generator)[:num_masks]
+        keep = np.round(F_mix.host_values(lam) * height * width).astype(np.int64)  # host values: no device read
         noise = low_frequency_noise(num_masks, height, width, self.decay_power, generator, x.device)
-        keep = torch.round(lam * height * width)
-        # large masks: a 4x-subsampled copy of the noise guides the exact threshold search (same result, faster)
-        guide = noise[:, ::4, ::4].reshape(num_masks, -1) if height * width >= 64 * 64 else None
-        mask = top_fraction_mask(noise.view(num_masks, -1), keep, self.max_soft, guide)
+        mask = top_fraction_mask(noise.view(num_masks, -1), keep, self.max_soft)
         mask = mask.view(num_masks, 1, height, width)
-        mixed = F_mix.blend(x, index, mask, self.inplace)
-        share = mask.sum(dim=(1, 2, 3)).double() / (height * width)  # float32 counts are exact below 2^24 pixels
+        mixed = _blend(x, index, mask, self.inplace)
+        if self.max_soft > 0:
+            share = mask.sum(dim=(1, 2, 3)).double() / size  # float32 sums are exact below 2^24 pixels
+        else:
+            share = F_mix.host_tensor(keep / size)  # a binary mask keeps exactly keep[i] pixels
         return mixed, share.expand(batch_size), mask

@@ -246,6 +246,8 @@ class GridMix(PairMixer):
         inplace: write into the input tensor.
     """
 
+    reads_pixels = False  # its draws depend on the sizes and the generator alone
+
     def __init__(
         self,
         alpha: float = 1.0,

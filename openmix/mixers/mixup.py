@@ -30,6 +30,8 @@ class Mixup(PairMixer):
         inplace: write into the input tensor.
     """
 
+    reads_pixels = False  # its draws depend on the sizes and the generator alone
+
     def __init__(self, alpha: float = 1.0, mode: str = "batch", pairing: str = "random", inplace: bool = False):
         super().__init__(alpha, mode, pairing, inplace)
 

@@ -110,6 +110,7 @@ class RandomChoiceMixer(Mixer):
         self.probs = [w / sum(weights) for w in weights]
         self.no_mix_prob = float(no_mix_prob)
         self.shares_batch_mask = all(getattr(child, "shares_batch_mask", True) for child in self.mixers)
+        self.reads_pixels = any(getattr(child, "reads_pixels", True) for child in self.mixers)  # the draw does not
         self.requires = tuple(sorted({need for child in self.mixers for need in getattr(child, "requires", ())}))
         child_hooks = {hook for child in self.mixers for hook in getattr(child, "hooks", ("inputs",))}
         if "features" in child_hooks or "loss" in child_hooks:
