@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import random
 import shlex
 import statistics
@@ -47,6 +46,9 @@ from timm.data.mixup import FastCollateMixup
 import openmix
 from openmix.collate import MixCollate
 from openmix.mixers._registry import accepts_argument
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_mixers import cpu_model, median_ratio, parse_shape, shape_text  # noqa: E402  (one copy of each helper)
 
 MODES = ("batch", "elem")
 NUM_CLASSES = 1000
@@ -91,15 +93,6 @@ class Case:
     @property
     def key(self) -> str:
         return f"{self.kind}|{self.mixer}|{self.mode}"
-
-
-def parse_shape(text: str) -> tuple[int, int, int, int]:
-    """``"128x3x224x224"`` -> (128, 3, 224, 224)."""
-    parts = text.lower().split("x")
-    if len(parts) != 4 or not all(part.isdigit() and int(part) > 0 for part in parts):
-        raise argparse.ArgumentTypeError(f"a shape is BxCxHxW with positive integers, got {text!r}")
-    batch, channels, height, width = (int(part) for part in parts)
-    return batch, channels, height, width
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -176,13 +169,6 @@ def time_rounds(cases: list[Case], repeats: int, warmup: int, seed: int) -> dict
     return times
 
 
-def median_ratio(numerator: list[float], denominator: list[float] | None) -> float | None:
-    """Median over rounds of the per-round ratio; None when there is nothing to compare with."""
-    if denominator is None:
-        return None
-    return statistics.median(a / b for a, b in zip(numerator, denominator, strict=True))
-
-
 def summarise(cases: list[Case], times: dict[str, list[float]]) -> list[dict[str, Any]]:
     """One row per openmix case (and the stack): median ms, timm's median for the same method and mode, ratios."""
     stack = times[f"stack|{STACK}|-"]
@@ -234,15 +220,6 @@ def target_checks(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{**check, "passed": check["value"] <= check["limit"]} for check in checks]
 
 
-def cpu_model() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 def environment(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "command": shlex.join(["python", *sys.argv]),
@@ -255,10 +232,6 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
         "warmup": args.warmup,
         "seed": args.seed,
     }
-
-
-def shape_text(shape: list[int] | tuple[int, ...]) -> str:
-    return "x".join(str(size) for size in shape)
 
 
 def report(env: dict[str, Any], results: list[dict[str, Any]], checks: list[dict[str, Any]]) -> str:
