@@ -1,9 +1,14 @@
 """ResizeMix pastes exactly what ``F.interpolate(mode="nearest")`` makes of the partner, in both modes.
 
-The reference is PyTorch itself, called one sample at a time; nothing here uses openmix's index rule.
+The reference is PyTorch itself, called one sample at a time; nothing here uses openmix's index rule. The
+channels-last elem path (box rows only) is checked against ``resized_partners``, itself checked against
+``F.interpolate`` here, and a call is checked to make no operation that would wait for a CUDA device.
 """
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +16,11 @@ import torch.nn.functional as F
 from conftest import box_of
 
 import openmix
-from openmix.mixers.resizemix import resized_partners
+from openmix.mixers import functional as F_mix
+from openmix.mixers.resizemix import box_keep_mask, paste_resized_partners, resized_partners
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+from count_syncs import count_sync_ops  # noqa: E402
 
 MEMORY_FORMATS = [torch.contiguous_format, torch.channels_last]
 
@@ -108,3 +117,44 @@ def test_resizemix_batch_and_elem_modes_paste_the_same_content(memory_format):
         _assert_pastes_interpolate(x, batch.index, boxes, batch.x)
         elem = resized_partners(x, batch.index, boxes)
         assert torch.equal(elem[:, :, top:bottom, left:right], batch.x[:, :, top:bottom, left:right])
+
+
+@pytest.mark.parametrize("memory_format", MEMORY_FORMATS, ids=["contiguous", "channels_last"])
+@pytest.mark.parametrize("mode", ["batch", "elem"])
+def test_resizemix_call_makes_no_sync_like_op(mode, memory_format):
+    # boxes and pairs are host draws that reach the batch's device through to_device: a call reads nothing back
+    mixer = openmix.create_mixer("resizemix", mode=mode)
+    x = torch.randn(4, 3, 12, 12).contiguous(memory_format=memory_format)
+    y = torch.tensor([0, 1, 2, 3])
+    mixer(x, y, generator=torch.Generator().manual_seed(0))  # warm-up
+    assert count_sync_ops(lambda: mixer(x, y, generator=torch.Generator().manual_seed(1))) == {}
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_paste_resized_partners_equals_blending_the_resized_partners(dtype, inplace):
+    # the channels-last path of elem mode writes only the box rows; it must give what resizing every partner and
+    # blending with the keep mask gives, empty, one-pixel and whole-image boxes included
+    generator = torch.Generator().manual_seed(4)
+    height, width = 23, 31
+    boxes = _all_boxes(height, width, generator)[::7]
+    edge_cases = torch.tensor([[5, 5, 2, 9], [3, 8, 4, 4], [0, 0, 0, 0], [0, height, 0, width], [22, 23, 30, 31]])
+    boxes = torch.cat([boxes, edge_cases])  # empty, whole-image and one-pixel boxes
+    x = torch.randn(len(boxes), 3, height, width, generator=generator).to(dtype)
+    x = x.contiguous(memory_format=torch.channels_last)
+    index = torch.randperm(len(boxes), generator=generator)
+    mask = box_keep_mask(boxes, height, width, "cpu")
+    assert torch.equal(mask, F_mix.box_keep_mask(boxes, height, width))
+    expected = torch.lerp(resized_partners(x, index, boxes), x, mask.to(dtype))
+    target = x.clone()
+    out = paste_resized_partners(target, index, boxes, target if inplace else target.clone())
+    assert (out.data_ptr() == target.data_ptr()) == inplace
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(out, expected)
+
+
+def test_paste_resized_partners_leaves_everything_when_no_box_has_pixels():
+    x = torch.randn(3, 2, 6, 7).contiguous(memory_format=torch.channels_last)
+    boxes = torch.tensor([[2, 2, 0, 7], [0, 6, 3, 3], [6, 6, 7, 7]])
+    out = paste_resized_partners(x, torch.tensor([2, 0, 1]), boxes, x.clone())
+    assert torch.equal(out, x)

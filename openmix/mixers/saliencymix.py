@@ -12,6 +12,7 @@ sums from an integral image. As in the authors' code, a batch-mode call computes
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -19,17 +20,19 @@ from torch import Tensor
 from openmix.mixers import functional as F_mix
 from openmix.mixers._base import PairMixer
 from openmix.mixers._registry import register_mixer
+from openmix.mixers.functional import host_tensor, host_values, to_device
 
 # Half-widths (in pixels) of the surround windows of OpenCV's StaticSaliencyFineGrained.
 SURROUND_SIZES = (12, 24, 48, 28, 56, 112)
 BACKENDS = ("torch", "opencv")
+GREY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601 luminance of R, G, B
 
 
 def _grey(images: Tensor) -> Tensor:
     """(n, 1, H, W) float32 luminance of RGB images (ITU-R BT.601 weights), channel mean otherwise."""
     images = images.float()
     if images.shape[1] == 3:
-        weights = torch.tensor([0.299, 0.587, 0.114], device=images.device).view(1, 3, 1, 1)
+        weights = to_device(host_tensor(np.array(GREY_WEIGHTS, dtype=np.float32)), images.device).view(1, 3, 1, 1)
         return (images * weights).sum(dim=1, keepdim=True)
     return images.mean(dim=1, keepdim=True)
 
@@ -87,7 +90,8 @@ def fine_grained_saliency(images: Tensor, scale: float = 1.0) -> Tensor:
     """
     grey = _binomial_blur(_binomial_blur(_grey(images)[:, 0]))  # OpenCV blurs twice
     grey = grey - grey.mean(dim=(1, 2), keepdim=True)  # keeps the cumulative sums small (float32 precision)
-    halves = torch.tensor([max(1, round(size * scale)) for size in SURROUND_SIZES], device=grey.device)
+    halves = np.array([max(1, round(size * scale)) for size in SURROUND_SIZES], dtype=np.int64)
+    halves = to_device(host_tensor(halves), grey.device)
     difference = grey.unsqueeze(1) - _surround_means(grey, halves)  # (n, S, H, W): centre minus surround
     on_sum = difference.clamp(min=0).sum(dim=1)  # on-centre: brighter than the surround
     off_sum = on_sum - difference.sum(dim=1)  # off-centre: sum of max(-d, 0) = sum of max(d, 0) - sum of d
@@ -101,7 +105,8 @@ def opencv_saliency(images: Tensor) -> Tensor:
     """(n, H, W) saliency from OpenCV's ``StaticSaliencyFineGrained`` (needs opencv-contrib), one image at a time.
 
     Each image is min-max scaled to uint8 (the detector reads 8-bit images) and, when it has 3 channels, passed
-    as BGR (the tensors are RGB).
+    as BGR (the tensors are RGB). The detector runs on the host, so images on a device are copied to the host (a
+    wait for that device, which the ``"torch"`` backend never makes); the maps go back with :func:`to_device`.
     """
     try:
         import cv2
@@ -120,7 +125,7 @@ def opencv_saliency(images: Tensor) -> Tensor:
         if not ok:
             raise RuntimeError("OpenCV's saliency detector failed")
         maps.append(torch.from_numpy(saliency.astype("float32")))
-    return torch.stack(maps).to(images.device)
+    return to_device(torch.stack(maps), images.device)
 
 
 def saliency_peaks(images: Tensor, backend: str = "torch", max_size: int | None = 64) -> Tensor:
@@ -136,10 +141,49 @@ def saliency_peaks(images: Tensor, backend: str = "torch", max_size: int | None 
         factor = 1 if max_size is None else max(1, -(-max(images.shape[-2:]) // max_size))  # ceil division
         pooled = F.avg_pool2d(images.float(), factor, ceil_mode=True) if factor > 1 else images
         saliency = fine_grained_saliency(pooled, scale=1.0 / factor)
-    width = saliency.shape[-1]
+    height, width = images.shape[-2:]
     flat_peak = saliency.flatten(1).argmax(dim=1)
-    peaks = torch.stack([flat_peak // width, flat_peak % width], dim=1) * factor + factor // 2
-    return torch.minimum(peaks, torch.tensor(images.shape[-2:], device=peaks.device) - 1)
+    row = (flat_peak // saliency.shape[-1]) * factor + factor // 2
+    col = (flat_peak % saliency.shape[-1]) * factor + factor // 2
+    return torch.stack([row.clamp(max=height - 1), col.clamp(max=width - 1)], dim=1)
+
+
+def boxes_around(peaks: Tensor, ratio: Tensor, height: int, width: int) -> Tensor:
+    """(n, 4) int64 boxes ``[top, bottom, left, right]`` on the device of the (n, 2) ``peaks``: sides ``ratio`` (n,
+    host draws) times the image sides, centred on the peaks, clipped to the image.
+
+    The rule of :func:`functional.boxes_from_ratio` with given centres (half sides ``int(H * ratio) // 2``, as the
+    reference code), computed where the peaks are: the half sides come from the host draws, the centres never
+    leave the device.
+    """
+    ratio = host_values(ratio.double())
+    halves = np.stack([np.floor(height * ratio), np.floor(width * ratio)], axis=1).astype(np.int64) // 2
+    halves = to_device(host_tensor(halves), peaks.device)  # (n, 2): half height, half width
+    low, high = peaks - halves, peaks + halves
+    return torch.stack(
+        [
+            low[:, 0].clamp(0, height),
+            high[:, 0].clamp(0, height),
+            low[:, 1].clamp(0, width),
+            high[:, 1].clamp(0, width),
+        ],
+        dim=1,
+    )
+
+
+def box_inside(boxes: Tensor, height: int, width: int) -> Tensor:
+    """(n, 1, H, W) bool, true inside box i: comparisons of ``arange`` rows and columns with the (n, 4) ``boxes``,
+    on their device."""
+    top, bottom, left, right = (side.view(-1, 1, 1, 1) for side in boxes.unbind(1))
+    rows = torch.arange(height, device=boxes.device).view(1, 1, -1, 1)
+    cols = torch.arange(width, device=boxes.device).view(1, 1, 1, -1)
+    return (rows >= top) & (rows < bottom) & (cols >= left) & (cols < right)
+
+
+def box_area_lam(boxes: Tensor, height: int, width: int) -> Tensor:
+    """(n,) float64 share of the image outside each box (``functional.box_lam``), on the boxes' device."""
+    sides = (boxes[:, 1::2] - boxes[:, 0::2]).clamp(min=0)  # (bottom - top, right - left)
+    return 1.0 - (sides[:, 0] * sides[:, 1]).double() / (height * width)
 
 
 @register_mixer(
@@ -161,6 +205,10 @@ class SaliencyMix(PairMixer):
         mode: ``"batch"`` (one box from the partner of sample 0, as the authors' code) or ``"elem"``.
         pairing: ``"random"`` or ``"flip"``.
         inplace: write into the input tensor.
+
+    The peaks are values of the batch, so with the torch backend everything that depends on them stays on the
+    batch's device: the boxes, the paste (a ``torch.where`` with the box mask, not a slice at host coordinates) and
+    the reported lambda (the box's area share after clipping).
     """
 
     def __init__(
@@ -190,10 +238,17 @@ class SaliencyMix(PairMixer):
         lam = self.draw_lam(lam, batch_size, generator)
         with torch.no_grad():
             if self.mode == "batch":  # one box from the partner of sample 0, as the authors' code
-                peaks = saliency_peaks(x.detach()[index[:1]], self.backend, self.max_saliency_size)
+                peaks = saliency_peaks(x.detach().index_select(0, index[:1]), self.backend, self.max_saliency_size)
             else:  # every image's peak, then each sample's partner's: no copy of the batch
-                peaks = saliency_peaks(x.detach(), self.backend, self.max_saliency_size)[index]
-        ratio = (1.0 - lam[: peaks.shape[0]]).clamp(min=0).sqrt()
-        boxes = F_mix.boxes_from_ratio(ratio, height, width, centers=peaks.cpu())
-        mixed, mask = F_mix.paste_boxes(x, index, boxes, self.inplace)
-        return mixed, F_mix.box_lam(boxes, height, width).expand(batch_size), mask
+                peaks = saliency_peaks(x.detach(), self.backend, self.max_saliency_size).index_select(0, index)
+        ratio = (1.0 - lam[: peaks.shape[0]]).clamp(min=0).sqrt()  # host draws
+        boxes = boxes_around(peaks, ratio, height, width)  # (1 or B, 4) on the device
+        inside = box_inside(boxes, height, width)
+        partners = F_mix.gather_partners(x, index)
+        if F_mix.records_grad(x):
+            mixed = torch.where(inside, partners, x).contiguous(memory_format=F_mix.memory_format_of(x))
+            mixed = x.copy_(mixed) if self.inplace else mixed
+        else:
+            mixed = torch.where(inside, partners, x, out=x if self.inplace else partners)
+        mask = inside.logical_not().to(torch.float32)
+        return mixed, box_area_lam(boxes, height, width).expand(batch_size), mask
