@@ -25,7 +25,6 @@ Reproduce (from the repository root)::
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import shlex
 import statistics
@@ -48,7 +47,7 @@ from openmix.collate import MixCollate
 from openmix.mixers._registry import accepts_argument
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_mixers import cpu_model, median_ratio, parse_shape, shape_text  # noqa: E402  (one copy of each helper)
+from bench_mixers import cpu_model, median_ratio, parse_shape, shape_text, write_outputs  # noqa: E402  (one copy of each helper)
 
 MODES = ("batch", "elem")
 NUM_CLASSES = 1000
@@ -275,12 +274,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(threads)  # main() may run inside another program (the tests)
     checks = target_checks(results)
     text = report(env, results, checks)
-    print(text, end="")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    payload = {"environment": env, "notes": NOTES, "results": results, "targets": checks}
-    args.out.with_suffix(".json").write_text(json.dumps(payload, indent=1) + "\n")
-    print(f"\nwrote {args.out} and {args.out.with_suffix('.json')}")
+    write_outputs(args.out, text, {"environment": env, "notes": NOTES, "results": results, "targets": checks})
 
 
 if __name__ == "__main__":

@@ -504,12 +504,16 @@ def main(argv: list[str] | None = None) -> None:
     chosen = target_shape([result for result in results if result["input"] == "images"])
     checks = target_checks(chosen["rows"])
     text = report(env, results, checks, shape_text(chosen["shape"]))
+    write_outputs(args.out, text, {"environment": env, "notes": NOTES, "results": results, "targets": checks})
+
+
+def write_outputs(out: Path, text: str, payload: dict[str, Any]) -> None:
+    """Print the markdown ``text``, write it to ``out`` and ``payload`` as JSON next to it."""
     print(text, end="")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    payload = {"environment": env, "notes": NOTES, "results": results, "targets": checks}
-    args.out.with_suffix(".json").write_text(json.dumps(payload, indent=1) + "\n")
-    print(f"\nwrote {args.out} and {args.out.with_suffix('.json')}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    out.with_suffix(".json").write_text(json.dumps(payload, indent=1) + "\n")
+    print(f"\nwrote {out} and {out.with_suffix('.json')}")
 
 
 if __name__ == "__main__":

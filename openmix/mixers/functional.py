@@ -229,14 +229,12 @@ def box_keep_mask(boxes: Tensor, height: int, width: int, device: torch.device |
         mask = torch.ones(1, 1, height, width, device=device)
         mask[..., top:bottom, left:right].fill_(0.0)
         return mask
-    boxes = to_device(boxes, device)
-    rows = torch.arange(height, device=device).view(1, -1)
-    cols = torch.arange(width, device=device).view(1, -1)
-    in_rows = ((rows >= boxes[:, 0:1]) & (rows < boxes[:, 1:2])).float()  # (n, H)
-    in_cols = ((cols >= boxes[:, 2:3]) & (cols < boxes[:, 3:4])).float()  # (n, W)
-    # 1 - outer product, written in one pass
-    one = torch.ones((), device=device)
-    return torch.addcmul(one, in_rows[:, None, :, None], in_cols[:, None, None, :], value=-1.0)
+    top, bottom, left, right = (side.view(-1, 1, 1, 1) for side in to_device(boxes, device).unbind(1))
+    rows = torch.arange(height, device=device).view(1, 1, -1, 1)
+    cols = torch.arange(width, device=device).view(1, 1, 1, -1)
+    outside_rows = ((rows < top) | (rows >= bottom)).to(torch.float32)  # (n, 1, H, 1)
+    outside_cols = ((cols < left) | (cols >= right)).to(torch.float32)  # (n, 1, 1, W)
+    return torch.maximum(outside_rows, outside_cols)  # one pass over the grid, broadcast
 
 
 def records_grad(*tensors: Tensor | float) -> bool:

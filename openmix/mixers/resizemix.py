@@ -76,17 +76,6 @@ def resized_partners(x: Tensor, index: Tensor, boxes: Tensor) -> Tensor:
     return picked.gather(2, index_cols).view(batch_size, channels, height, width)
 
 
-def box_keep_mask(boxes: Tensor, height: int, width: int, device: torch.device | str) -> Tensor:
-    """(n, 1, H, W) float32, 0 inside box i and 1 outside: the values of ``functional.box_keep_mask``, in one pass
-    over the grid (the larger of a row mask and a column mask, broadcast), on ``device``."""
-    top, bottom, left, right = (side.view(-1, 1, 1, 1) for side in to_device(boxes, device).unbind(1))
-    rows = torch.arange(height, device=device).view(1, 1, -1, 1)
-    cols = torch.arange(width, device=device).view(1, 1, 1, -1)
-    outside_rows = ((rows < top) | (rows >= bottom)).to(torch.float32)  # (n, 1, H, 1)
-    outside_cols = ((cols < left) | (cols >= right)).to(torch.float32)  # (n, 1, 1, W)
-    return torch.maximum(outside_rows, outside_cols)
-
-
 def _box_rows(boxes: Tensor, height: int) -> np.ndarray:
     """(R, 3) int64 (sample, partner row read, row written) for each row of each box with pixels, in sample order
     (R = the sum of their heights), from the (B, 4) host ``boxes``: host bookkeeping, no device involved."""
@@ -198,7 +187,7 @@ class ResizeMix(PairMixer):
         tau = self.draw_scale(num_boxes, generator) if lam is None else (1.0 - lam[:num_boxes]).clamp(min=0).sqrt()
         boxes = F_mix.boxes_from_ratio(tau, height, width, generator)
         if num_boxes > 1:
-            mask = box_keep_mask(boxes, height, width, x.device)
+            mask = F_mix.box_keep_mask(boxes, height, width, x.device)
             if memory_format_of(x) == torch.channels_last:
                 mixed = paste_resized_partners(x, index, boxes, x if self.inplace else x.clone())
             else:
