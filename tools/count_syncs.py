@@ -80,11 +80,16 @@ def count_sync_ops(fn: Callable[[], Any]) -> Counter[str]:
 
 
 def tiny_model(mixer: str | None, mode: str | None, objective: str = "ce", **kwargs: Any) -> Any:
-    """A ``MixClassifier`` on a tiny CNN (resnet10t, CIFAR stem, 8 channels) for 10 classes of 3 x 32 x 32."""
+    """The module that trains ``mixer`` (``MixClassifier``, or the class its ``trained_by`` names: AutoMix's, ...) on a
+    tiny CNN (resnet10t, CIFAR stem, 8 channels) for 10 classes of 3 x 32 x 32."""
+    import openmix
     from openmix.lightning import MixClassifier
+    from openmix.lightning.module import import_class
 
+    trained_by = openmix.get_mixer_entry(mixer).cls.trained_by if mixer is not None else None
+    module_class = import_class(trained_by) if trained_by else MixClassifier
     mixer_kwargs = {} if mode is None else {"mixer_kwargs": {"mode": mode}}
-    return MixClassifier(
+    return module_class(
         backbone="resnet10t",
         num_classes=10,
         in_chans=3,
@@ -117,21 +122,19 @@ def host_synced_mixers() -> list[str]:
 
 
 def step_cases(names: list[str] | None = None) -> list[tuple[str | None, str | None]]:
-    """(mixer, mode) pairs: the step without a mixer, then each of ``names`` (default: every mixer ``MixClassifier``
-    trains on images, that is not trained by its own module and needs no ViT attention) in batch and elem mode
-    where it has modes."""
+    """(mixer, mode) pairs: the step without a mixer, then each of ``names`` (default: every mixer trained on CNN
+    images, by ``MixClassifier`` or by its own module, that needs no ViT attention) in batch and elem mode where it
+    has modes (a learned mixer in its default mode)."""
     import openmix
     from openmix.mixers._registry import accepts_argument
 
     names = names or [
-        name
-        for name in openmix.list_mixers()
-        if openmix.get_mixer_entry(name).cls.trained_by is None
-        and "attention" not in openmix.get_mixer_entry(name).requires
+        name for name in openmix.list_mixers() if "attention" not in openmix.get_mixer_entry(name).requires
     ]
     cases: list[tuple[str | None, str | None]] = [(None, None)]
     for name in names:
-        modes = ("batch", "elem") if accepts_argument(openmix.get_mixer_entry(name).cls, "mode") else (None,)
+        entry = openmix.get_mixer_entry(name)
+        modes = ("batch", "elem") if accepts_argument(entry.cls, "mode") and not entry.cls.trained_by else (None,)
         cases += [(name, mode) for mode in modes]
     return cases
 
