@@ -98,7 +98,7 @@ def test_the_training_batches_of_a_lightning_fit_never_wait_for_the_device():
     logging interval only."""
     torch.manual_seed(0)
     model = tiny_model("cutmix", "elem")
-    data = TensorDataset(torch.randn(48, 3, 32, 32), torch.randint(0, 10, (48,)))
+    data = TensorDataset(torch.randn(48, 3, 16, 16), torch.randint(0, 10, (48,)))
     counter = _CountPerStep()
     trainer = L.Trainer(
         max_steps=6,

@@ -106,8 +106,8 @@ def step_counts(mixer: str | None, mode: str | None, seed: int = 0, objective: s
     """The sync-like ops of one training step (forward, loss, logging) of a tiny CNN with ``mixer``."""
     torch.manual_seed(seed)
     model = tiny_model(mixer, mode, objective)
-    x = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
-    y = torch.randint(0, 10, (16,), generator=torch.Generator().manual_seed(seed + 1))
+    x = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(seed))
+    y = torch.randint(0, 10, (8,), generator=torch.Generator().manual_seed(seed + 1))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # self.log outside a Trainer
         model.training_step((x, y), 0)  # warm-up: lazy initialisation is not part of a step
