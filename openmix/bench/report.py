@@ -13,6 +13,13 @@ One row per method (the runs' labels except ``seed``):
 
 Plots: validation top-1 per epoch for each method (mean over seeds, band = std), a bar chart of top-1 with std
 error bars, and top-1 against cost (training images/s).
+
+Evaluation beyond top-1 (:mod:`openmix.evaluation`), when the runs have it: a second table with the mean corruption
+accuracy and one column per corruption, OOD AUROC and FPR at 95 % TPR of the max-softmax and energy scores, and the
+ECE of the evaluated checkpoint (mean ± std over seeds), and a reliability diagram per method (bins pooled over
+seeds). A run's values come from its newest ``openmix test`` beside it (``<run>/test/version_N/metrics.csv``), else
+its newest ``openmix validate`` (``<run>/validate/version_N``), else its final validation epoch (a fit with
+``evaluation.during_fit``).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -28,7 +36,9 @@ from typing import Any
 
 from openmix.bench.run_folder import (
     ENVIRONMENT_FILE,
+    METRICS_FILE,
     RUN_JSON,
+    VERSION_PATTERN,
     metrics_files,
     read_record,  # noqa: F401 (re-exported: the runner read run.json through this module)
     read_run_json,
@@ -47,6 +57,7 @@ class RunResult:
     wall_time_s: float
     peak_rss_mb: float
     grid: str = ""  # the grid the run belongs to (run.json's "grid", else its parent folder's name)
+    evaluation: dict[str, float] = field(default_factory=dict)  # read_evaluation's values, without the stage prefix
 
     def final(self, key: str) -> float:
         values = self.curves.get(key) or [math.nan]
@@ -98,6 +109,48 @@ def read_metrics(*paths: Path) -> tuple[list[int], dict[str, list[float]]]:
     return epochs, {key: [per_epoch[e][key] for e in epochs if key in per_epoch[e]] for key in keys}
 
 
+# Evaluations of a run's checkpoint, in order of preference: (folder beside the run, prefix of its metrics).
+EVALUATION_LOGS = (("test", "test/"), ("validate", "val/"))
+EVALUATION_HEADLINES = ("corruption_mean", "ood_auroc_msp", "ood_fpr95_msp", "ood_auroc_energy", "ood_fpr95_energy")
+RELIABILITY_KEY = re.compile(r"reliability/(confidence|accuracy|count)_(\d+)")
+
+
+def is_evaluation_key(name: str) -> bool:
+    """Whether a metric (without its stage prefix) is one of :mod:`openmix.evaluation`'s."""
+    return name.startswith(("corruption", "ood_", "reliability/"))
+
+
+def read_evaluation(run_folder: Path, curves: dict[str, list[float]] | None = None) -> dict[str, float]:
+    """The evaluation values of a run (keys without the stage prefix: ``corruption_mean``, ``corruption/<name>``,
+    ``ood_auroc_msp``, ``reliability/count_03``, ``ece``, ...): those of its newest ``openmix test`` log
+    (``<run>/test/version_N/metrics.csv``), else of its newest ``openmix validate`` log, else the final epoch's of
+    ``curves`` (its own validation, with ``evaluation.during_fit``); empty when it has none."""
+    for folder_name, prefix in EVALUATION_LOGS:
+        folder = Path(run_folder) / folder_name
+        versions = (
+            [m for entry in folder.iterdir() if (m := VERSION_PATTERN.fullmatch(entry.name))] if folder.is_dir() else []
+        )
+        for match in sorted(versions, key=lambda m: int(m.group(1)), reverse=True):
+            values = _last_values(folder / match.group(0) / METRICS_FILE, prefix)
+            if any(is_evaluation_key(name) for name in values):
+                return values
+    finals = {key.removeprefix("val/"): values[-1] for key, values in (curves or {}).items() if values}
+    return finals if any(is_evaluation_key(name) for name in finals) else {}
+
+
+def _last_values(path: Path, prefix: str) -> dict[str, float]:
+    """The last value logged for each metric starting with ``prefix`` in a CSV log (prefix removed)."""
+    if not path.is_file():
+        return {}
+    values: dict[str, float] = {}
+    with open(path, newline="") as stream:
+        for row in csv.DictReader(stream):
+            for key, text in row.items():
+                if key and key.startswith(prefix) and (value := _float(text)) is not None:
+                    values[key.removeprefix(prefix)] = value
+    return values
+
+
 def load_runs(runs_dir: str | Path, directories: list[Path] | None = None) -> list[RunResult]:
     """Every finished run (``run.json`` with status ``done``) under ``runs_dir``, at any depth, or only those of
     ``directories`` when given (a grid's runs)."""
@@ -117,7 +170,10 @@ def load_runs(runs_dir: str | Path, directories: list[Path] | None = None) -> li
         wall_time = (curves.get("train/wall_time_s") or [record["wall_time_s"]])[-1]  # cumulative: the last epoch's
         peak_memory = max([record["peak_rss_mb"], *(curves.get("train/peak_rss_mb") or [])])
         grid = str(record_path.parent.parent)  # a grid is its folder: two grids of one name in two runs-dirs differ
-        results.append(RunResult(record_path.parent.name, labels, epochs, curves, wall_time, peak_memory, grid))
+        evaluation = read_evaluation(record_path.parent, curves)
+        results.append(
+            RunResult(record_path.parent.name, labels, epochs, curves, wall_time, peak_memory, grid, evaluation)
+        )
     return results
 
 
@@ -163,6 +219,7 @@ def summarise(results: list[RunResult], baseline: dict[str, str] | None = None, 
     base_top1 = [run.final("val/top1") * 100 for run in base.runs] if base else []
     if base is not None:  # the baseline row first, then the methods in the order their runs were found
         methods = [base] + [m for m in methods if m is not base]
+    evaluation_keys = evaluation_keys_of(results)  # the same columns in every row (one CSV header)
     rows = []
     for method in methods:
         top1 = [run.final("val/top1") * 100 for run in method.runs]
@@ -182,8 +239,28 @@ def summarise(results: list[RunResult], baseline: dict[str, str] | None = None, 
         row["p_value"], row["marker"] = (math.nan, "") if is_base or base is None else welch_marker(top1, base_top1)
         row["baseline"] = is_base
         row["epochs"] = max(len(run.epochs) for run in method.runs)
+        row.update(evaluation_columns(method.runs, evaluation_keys))
         rows.append(row)
     return rows
+
+
+def evaluation_keys_of(results: list[RunResult]) -> list[str]:
+    """The evaluation columns that any run has, in a fixed order: the corruption mean, each corruption (by
+    name), the OOD metrics, the evaluated checkpoint's ECE."""
+    seen = [key for result in results for key in result.evaluation]
+    corruptions = sorted({k for k in seen if k.startswith("corruption/") and k.count("/") == 1})
+    wanted = ["corruption_mean", *corruptions, *EVALUATION_HEADLINES[1:]]
+    keys = [key for key in wanted if key in seen]
+    return keys + ["ece"] if keys else []
+
+
+def evaluation_columns(runs: list[RunResult], keys: list[str]) -> dict[str, float]:
+    """Mean and std over seeds, in %, of each evaluation value (column ``eval/<key>`` and ``eval/<key>_std``)."""
+    columns: dict[str, float] = {}
+    for key in keys:
+        mean, std = mean_std([run.evaluation.get(key, math.nan) * 100 for run in runs])
+        columns[f"eval/{key}"], columns[f"eval/{key}_std"] = mean, std
+    return columns
 
 
 def _pm(mean: float, std: float, digits: int = 2, seeds: int = 2) -> str:
@@ -222,6 +299,38 @@ def markdown_table(rows: list[dict], last: int = 10) -> str:
         "Δ: difference of the mean final top-1 from the baseline row; Welch t-test over seeds: ** p < 0.01, "
         "* p < 0.05, n/a with fewer than 2 seeds. ECE: 15 equal-width bins."
     )
+    return "\n".join(lines) + "\n"
+
+
+EVALUATION_HEADERS = {
+    "corruption_mean": "corruption acc., mean (%)",
+    "ood_auroc_msp": "OOD AUROC, MSP (%)",
+    "ood_fpr95_msp": "OOD FPR95, MSP (%)",
+    "ood_auroc_energy": "OOD AUROC, energy (%)",
+    "ood_fpr95_energy": "OOD FPR95, energy (%)",
+    "ece": "ECE, evaluated checkpoint (%)",
+}
+
+
+def evaluation_table(rows: list[dict]) -> str:
+    """The markdown table of the evaluation columns (:func:`evaluation_columns`); empty when no run has them."""
+    keys = [name.removeprefix("eval/") for name in (rows[0] if rows else {}) if name.startswith("eval/")]
+    keys = [key for key in keys if not key.endswith("_std")]
+    if not keys:
+        return ""
+    headers = [EVALUATION_HEADERS.get(key, key.removeprefix("corruption/") + " (%)") for key in keys]
+    lines = ["| method | " + " | ".join(headers) + " |", "|" + "---|" * (len(keys) + 1)]
+    for row in rows:
+        cells = [_pm(row[f"eval/{key}"], row[f"eval/{key}_std"], 2, row["seeds"]) for key in keys]
+        lines.append(f"| {row['method']} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Evaluation of each run's checkpoint by `openmix test` (else `validate`, else its last validation epoch); "
+        "mean ± std over seeds. Corruption accuracy: per corruption the mean over its severities, and their mean; "
+        "OOD: the test split against the configured OOD set, AUROC and the FPR at 95 % TPR of the maximum softmax "
+        "probability (MSP) and of the energy score; lower FPR95 and ECE are better. A method without a value has no "
+        "evaluated run.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -282,7 +391,64 @@ def plot(results: list[RunResult], rows: list[dict], out_dir: Path) -> list[Path
     axis.set(xlabel="training throughput (images/s)", ylabel="final top-1 (%)", title="accuracy against cost")
     figure.savefig(paths[2], dpi=120)
     plt.close(figure)
+    diagrams = {m.method: bins for m in methods if (bins := pooled_reliability(m.runs)) is not None}
+    if diagrams:
+        paths.append(out_dir / "reliability.png")
+        plot_reliability(diagrams, colours, paths[-1])
     return paths
+
+
+def pooled_reliability(runs: list[RunResult]) -> tuple[list[float], list[float], list[float]] | None:
+    """The reliability bins of a method's runs pooled over seeds: per bin the (confidence, accuracy, count), means
+    weighted by the counts; ``None`` when no run has bins."""
+    totals: dict[int, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])  # bin -> confidence sum, correct, count
+    for run in runs:
+        bins: dict[int, dict[str, float]] = defaultdict(dict)
+        for key, value in run.evaluation.items():
+            if match := RELIABILITY_KEY.fullmatch(key):
+                bins[int(match.group(2))][match.group(1)] = value
+        for index, values in bins.items():
+            count = values.get("count", 0.0)
+            totals[index][0] += values.get("confidence", 0.0) * count
+            totals[index][1] += values.get("accuracy", 0.0) * count
+            totals[index][2] += count
+    if not totals:
+        return None
+    count = [totals[j][2] for j in range(max(totals) + 1)]
+    confidence = [totals[j][0] / c if c else 0.0 for j, c in enumerate(count)]
+    accuracy = [totals[j][1] / c if c else 0.0 for j, c in enumerate(count)]
+    return confidence, accuracy, count
+
+
+def plot_reliability(
+    diagrams: dict[str, tuple[list[float], list[float], list[float]]], colours: dict, path: Path
+) -> None:
+    """One reliability diagram per method: accuracy per confidence bin (bars), the bin's mean confidence (dots) and
+    the diagonal of perfect calibration; the title gives the ECE of the pooled bins."""
+    import matplotlib.pyplot as plt
+
+    columns = min(4, len(diagrams))
+    rows = math.ceil(len(diagrams) / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3 * rows), squeeze=False, layout="constrained")
+    for axis, (method, (confidence, accuracy, count)) in zip(axes.flat, diagrams.items()):
+        width = 1 / len(count)
+        lefts = [j * width for j in range(len(count))]
+        filled = [j for j, c in enumerate(count) if c > 0]
+        axis.bar([lefts[j] for j in filled], [accuracy[j] for j in filled], width=width, align="edge",
+                 color=colours.get(method), alpha=0.7, edgecolor="black", linewidth=0.5)  # fmt: skip
+        axis.plot([confidence[j] for j in filled], [accuracy[j] for j in filled], "k.", markersize=3)
+        axis.plot([0, 1], [0, 1], "--", color="grey", linewidth=1)
+        total = sum(count)
+        ece = sum(c / total * abs(a - p) for p, a, c in zip(confidence, accuracy, count)) if total else math.nan
+        axis.set(xlim=(0, 1), ylim=(0, 1), title=f"{method}\nECE {ece * 100:.2f} %", xlabel="confidence")
+        axis.title.set_fontsize(8)
+    for axis in axes.flat[len(diagrams) :]:
+        axis.axis("off")
+    for axis in axes[:, 0]:
+        axis.set_ylabel("accuracy")
+    figure.suptitle("reliability diagrams (bins pooled over seeds)", fontsize=9)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
 
 
 def missing_runs(directories: list[Path]) -> list[str]:
@@ -330,6 +496,9 @@ def report(
     out.mkdir(parents=True, exist_ok=True)
     rows = summarise(results, baseline, last)
     table = markdown_table(rows, last)
+    robustness = evaluation_table(rows)
+    if robustness:
+        table += "\n" + robustness
     missing = missing_runs(directories) if directories is not None else []
     if missing:
         table += "\nNot in the table (no finished result): " + "; ".join(missing) + ".\n"

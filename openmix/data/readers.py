@@ -1,6 +1,8 @@
 """The on-disk formats of the datasets, read without torch or Lightning: MNIST-style idx files, the CIFAR python
 pickle batches, Tiny-ImageNet's ``wnids.txt`` and image-folder class folders; the errors that name a bad file or
-folder, and the checks of seeds and integer options shared by the datasets and the data modules.
+folder, and the checks of seeds and integer options shared by the datasets and the data modules. The
+out-of-distribution sets of the evaluation (:func:`read_ood_images`): scikit-learn's bundled 8x8 digits, SVHN's
+``.mat`` files (SciPy), folders of image files (PIL) and idx files.
 
 Sources: Fashion-MNIST https://github.com/zalandoresearch/fashion-mnist (Debian: ``dataset-fashion-mnist``),
 CIFAR https://www.cs.toronto.edu/~kriz/cifar.html, Tiny-ImageNet http://cs231n.stanford.edu/tiny-imagenet-200.zip.
@@ -339,3 +341,163 @@ def read_wnids(root: str | Path) -> list[str]:
 def class_folders(directory: Path) -> list[str]:
     """Sorted names of the sub-folders of ``directory``: the classes ``ImageFolder`` finds there, in its order."""
     return sorted(entry.name for entry in os.scandir(directory) if entry.is_dir())
+
+
+# ------------------------------------------------------------------------------------ out-of-distribution image sets
+# The image files a folder of out-of-distribution images may hold (torchvision's ``IMG_EXTENSIONS``, lower case).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+DIGITS_SOURCE = "digits"  # the name of scikit-learn's bundled digits as an OOD source
+DIGITS_LEVELS = 16  # the 8x8 digits hold ink counts 0..16 (4x4 blocks of a 32x32 bitmap)
+
+
+def sklearn_digits_path() -> Path:
+    """The 8x8 digits file that scikit-learn ships (``sklearn/datasets/data/digits.csv.gz``), found without
+    importing scikit-learn.
+
+    Raises:
+        ModuleNotFoundError: scikit-learn is not installed (``pip install openmix[eval]``).
+        FileNotFoundError: scikit-learn is installed without the file.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError(
+            "the 'digits' OOD set is scikit-learn's bundled digits file, and scikit-learn is not installed: "
+            "pip install 'openmix[eval]' (or scikit-learn), or give a folder of images, an idx file or an SVHN .mat"
+        )
+    path = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz"
+    if not path.is_file():
+        raise FileNotFoundError(f"scikit-learn is installed without its digits file {path}")
+    return path
+
+
+def read_digits_csv(path: str | Path) -> np.ndarray:
+    """Read the 8x8 digits in scikit-learn's on-disk format (``digits.csv.gz``, gzipped or raw).
+
+    The file is the test set of the UCI "Optical Recognition of Handwritten Digits" data (1797 images): one row per
+    image, 64 comma-separated pixel values in [0, 16] (row-major), then the class (0-9). ``sklearn.datasets
+    .load_digits`` reads the same file.
+
+    Args:
+        path: the file.
+
+    Returns:
+        uint8 images (N, 8, 8), the values scaled from [0, 16] to [0, 255] and rounded.
+
+    Raises:
+        DataFileError: (a ``ValueError``) naming the file: not comma-separated numbers, rows without 65 values, or
+            pixel values outside [0, 16].
+    """
+    path = Path(path)
+    text = _read_bytes(path).decode("ascii", errors="replace")
+    try:
+        table = np.loadtxt(text.splitlines(), delimiter=",", ndmin=2)
+    except ValueError as error:
+        raise DataFileError(f"{path}: not a digits file (comma-separated numbers, 65 per row): {error}") from None
+    if table.shape[1] != 8 * 8 + 1:
+        raise DataFileError(
+            f"{path}: rows of a digits file hold 65 values (64 pixels, the class), got {table.shape[1]}"
+        )
+    pixels = table[:, :-1]
+    if table.size and (pixels.min() < 0 or pixels.max() > DIGITS_LEVELS):
+        raise DataFileError(f"{path}: digit pixels lie in [0, 16], got {pixels.min()} to {pixels.max()}")
+    return np.rint(pixels * (255 / DIGITS_LEVELS)).astype(np.uint8).reshape(-1, 8, 8)
+
+
+def read_svhn_mat(path: str | Path) -> np.ndarray:
+    """Read an SVHN split in its cropped-digits format (``test_32x32.mat``, a MATLAB file whose ``X`` holds the
+    images as (32, 32, 3, N) uint8), with ``scipy.io.loadmat`` as torchvision's ``SVHN`` does.
+
+    Source: http://ufldl.stanford.edu/housenumbers/ (format 2).
+
+    Returns:
+        uint8 images (N, 32, 32, 3).
+
+    Raises:
+        DataFileError: (a ``ValueError``) naming the file: not a MATLAB file, no ``X``, or ``X`` not uint8
+            (H, W, 3, N).
+    """
+    from scipy.io import loadmat  # scipy is a dependency; imported here, as only this format needs it
+
+    path = Path(path)
+    try:
+        content = loadmat(path, variable_names=["X"])
+    except Exception as error:  # scipy raises ValueError, TypeError, MatReadError ... on foreign bytes
+        raise DataFileError(f"{path}: not a readable MATLAB file ({type(error).__name__}: {error})") from None
+    images = content.get("X")
+    if images is None:
+        raise DataFileError(f"{path}: no 'X' array (an SVHN .mat file holds the images as X, (32, 32, 3, N))")
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[2] != 3:
+        raise DataFileError(f"{path}: 'X' must be uint8 (H, W, 3, N), got {images.dtype} {images.shape}")
+    return np.ascontiguousarray(images.transpose(3, 0, 1, 2))
+
+
+def image_files(folder: str | Path) -> list[Path]:
+    """The image files under ``folder``, at any depth, sorted by path (extensions :data:`IMAGE_EXTENSIONS`, any
+    case).
+
+    Raises:
+        FileNotFoundError: the folder does not exist or holds no image file.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no such folder of images: {folder}")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    if not files:
+        raise FileNotFoundError(f"{folder} holds no image file ({', '.join(IMAGE_EXTENSIONS)}, at any depth)")
+    return files
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """One image file decoded with PIL: uint8 (H, W) when it is greyscale, else (H, W, 3) RGB.
+
+    Raises:
+        DataFileError: (a ``ValueError``) naming the file when PIL cannot decode it.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            grey = image.mode in ("1", "L", "LA", "I", "I;16", "F")
+            return np.asarray(image.convert("L" if grey else "RGB"))
+    except (UnidentifiedImageError, OSError) as error:
+        if isinstance(error, (FileNotFoundError, PermissionError)):
+            raise
+        raise DataFileError(f"{path}: not a readable image ({error})") from None
+
+
+def read_ood_images(source: str | Path, limit: int | None = None) -> np.ndarray | list[np.ndarray]:
+    """The images of an out-of-distribution set, in their own size and channels (no labels are read).
+
+    Args:
+        source: ``"digits"`` (scikit-learn's bundled 8x8 digits, :func:`read_digits_csv`), a folder of image files
+            (:func:`image_files`, any depth), an SVHN ``.mat`` file (:func:`read_svhn_mat`) or an MNIST-style idx
+            images file, raw or ``.gz`` (:func:`read_idx`: MNIST, Fashion-MNIST, KMNIST ...).
+        limit: keep only the first ``limit`` images (``None``: all).
+
+    Returns:
+        uint8 images (N, H, W) or (N, H, W, 3) for the array formats; a list of uint8 (H, W) or (H, W, 3) arrays, one
+        per file, for a folder (the files may differ in size).
+
+    Raises:
+        FileNotFoundError: the source does not exist (or scikit-learn's file is missing).
+        ModuleNotFoundError: ``"digits"`` without scikit-learn.
+        DataFileError: a file in the wrong format, named.
+    """
+    limit = _check_int(limit, "limit", 1, allow_none=True)
+    if str(source) == DIGITS_SOURCE:
+        return read_digits_csv(sklearn_digits_path())[:limit]
+    path = Path(source)
+    if path.is_dir():
+        return [read_image(file) for file in image_files(path)[:limit]]
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"OOD set {source!r} not found: give 'digits', a folder of images, an SVHN .mat file or an idx images file"
+        )
+    if path.suffix.lower() == ".mat":
+        return read_svhn_mat(path)[:limit]
+    images = read_idx(path)
+    if images.dtype != np.uint8 or images.ndim != 3:
+        raise DataFileError(f"{path}: expected uint8 idx images (N, H, W), got {images.dtype} {images.shape}")
+    return images[:limit]

@@ -346,6 +346,7 @@ LOCATION_KEYS = (
     "trainer.enable_model_summary",
     "trainer.log_every_n_steps",
     "checkpoint.dirpath",
+    "model.init_args.evaluation",  # what test/validate measure, not what is trained
 )
 
 

@@ -33,6 +33,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibratio
 
 from openmix import losses
 from openmix.data.readers import check_seed
+from openmix.evaluation import RELIABILITY_BINS, Evaluation, Evaluator, data_normalisation, is_detail
 from openmix.lightning.distributed import PAIRING_SCOPES, mix_across_ranks
 from openmix.lightning.optim import SGD, WarmupCosineLR
 from openmix.lightning.services import (
@@ -158,6 +159,9 @@ class MixClassifier(L.LightningModule):
         seed: seed of the mixing RNG, an int in [0, 2**63 - 1]; every training batch reseeds it from (seed, epoch,
             batch index), so each batch (each batch of a gradient-accumulation window too) gets its own draws, and a
             resumed run mixes the same way.
+        evaluation: what ``test`` and ``validate`` measure beyond top-1 / top-5 / NLL / ECE (an
+            :class:`~openmix.evaluation.Evaluation`: corruption accuracy, OOD detection, reliability bins; by default
+            not in ``fit``'s validation epochs), or ``None`` for none of it.
     """
 
     def __init__(
@@ -180,6 +184,7 @@ class MixClassifier(L.LightningModule):
         channels_last: bool = False,
         pairing_scope: str = "local",
         seed: int = 0,
+        evaluation: Evaluation | None = Evaluation(),  # noqa: B008 (frozen: one shared default is safe)
     ):
         super().__init__()
         # A config's class_path form of the mixer / objective is what LightningCLI hands save_hyperparameters, so
@@ -187,7 +192,10 @@ class MixClassifier(L.LightningModule):
         # (load it with weights_only=False). Lightning's advice to leave modules out would lose the mixer.
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*is an instance of `nn.Module` and is already saved")
-            self.save_hyperparameters()
+            # evaluation: how a checkpoint is evaluated, not what it learned; left out of the checkpoint, so that
+            # `openmix test --ckpt_path ...` takes it from its own config and command line (LightningCLI lets a
+            # checkpoint's hyperparameters override both)
+            self.save_hyperparameters(ignore=["evaluation"])
         if not 0.0 <= mix_prob <= 1.0:
             raise ValueError(f"mix_prob must lie in [0, 1], got {mix_prob}")
         if pairing_scope not in PAIRING_SCOPES:
@@ -211,7 +219,9 @@ class MixClassifier(L.LightningModule):
         self.val_top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
         self.val_top5 = MulticlassAccuracy(num_classes, top_k=top_k, average="micro")
         self.val_nll = MeanMetric()
-        self.val_ece = MulticlassCalibrationError(num_classes, n_bins=15, norm="l1")
+        self.val_ece = MulticlassCalibrationError(num_classes, n_bins=RELIABILITY_BINS, norm="l1")
+        self.evaluator = self.build_evaluator(evaluation, num_classes)
+        self._evaluating = False  # whether the current evaluation epoch runs the evaluator
         self.train_lams: list[Tensor] = []
         self._epoch_images = 0
         self._epoch_start = 0.0
@@ -393,7 +403,7 @@ class MixClassifier(L.LightningModule):
             hits = hits + weights[:, column] * (prediction == labels).float()
         return hits.mean()
 
-    def evaluate(self, batch: tuple[Tensor, Tensor], stage: str) -> None:
+    def evaluate(self, batch: tuple[Tensor, Tensor], stage: str, batch_idx: int = 0) -> None:
         x, y = batch
         logits = self(x).float()
         self.val_top1.update(logits, y)
@@ -403,12 +413,71 @@ class MixClassifier(L.LightningModule):
         metrics = {"top1": self.val_top1, "top5": self.val_top5, "nll": self.val_nll, "ece": self.val_ece}
         for name, metric in metrics.items():
             self.log(f"{stage}/{name}", metric, on_epoch=True, prog_bar=name == "top1", batch_size=x.shape[0])
+        if self._evaluating:  # corrupted copies of the batch, OOD scores, reliability bins
+            self.evaluator.update(self, x, y, logits, batch_idx, self.global_rank)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self.evaluate(batch, "val")
+        self.evaluate(batch, "val", batch_idx)
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self.evaluate(batch, "test")
+        self.evaluate(batch, "test", batch_idx)
+
+    # ----- evaluation beyond top-1 (openmix.evaluation) ---------------------------------------------------------
+    @staticmethod
+    def build_evaluator(evaluation: Evaluation | dict | None, num_classes: int) -> Evaluator | None:
+        """The evaluator of ``evaluation`` (an :class:`~openmix.evaluation.Evaluation`, or its fields as a dict)."""
+        if evaluation is None:
+            return None
+        if isinstance(evaluation, dict):
+            evaluation = Evaluation(**evaluation)
+        if not isinstance(evaluation, Evaluation):
+            raise TypeError(
+                f"evaluation must be an openmix.evaluation.Evaluation or None, got {type(evaluation).__name__}"
+            )
+        return Evaluator(evaluation, num_classes)
+
+    def evaluation_runs(self) -> bool:
+        """Whether this evaluation epoch runs the evaluator: in ``test`` and ``validate``, in ``fit``'s validation only
+        with ``evaluation.during_fit``, never in the sanity check."""
+        if self.evaluator is None or self._trainer is None or self.trainer.sanity_checking:
+            return False
+        return self.trainer.state.fn != "fit" or self.evaluator.config.during_fit
+
+    def begin_evaluation(self) -> None:
+        self._evaluating = self.evaluation_runs()
+        if self._evaluating:
+            config = self.evaluator.config
+            normalisation = (config.mean, config.std) if config.mean else data_normalisation(self.trainer.datamodule)
+            self.evaluator.begin(*normalisation)
+
+    def end_evaluation(self, stage: str) -> None:
+        """Score the OOD set and log the evaluator's values as ``<stage>/<name>`` (already reduced over ranks): the
+        headline values through ``self.log``, the details (:func:`~openmix.evaluation.is_detail`) straight to the
+        loggers, so that the printed results stay short."""
+        if not self._evaluating:
+            return
+        self._evaluating = False
+        precision = self.trainer.precision_plugin
+
+        def forward(images: Tensor) -> Tensor:  # as in a test step: the run's precision (autocast, bf16 ...)
+            with precision.forward_context():
+                return self(precision.convert_input(images))
+
+        with torch.no_grad():
+            results = self.evaluator.compute(forward, self.device, self.global_rank, self.trainer.world_size)
+        self.evaluator.reset()
+        details = {f"{stage}/{name}": value for name, value in results.items() if is_detail(name)}
+        for name, value in results.items():  # the headline values: also in the results Lightning prints
+            if not is_detail(name):
+                self.log(f"{stage}/{name}", value, on_epoch=True, sync_dist=False)
+        for logger in self.loggers if details else ():  # per-severity accuracies, reliability bins: logs only
+            logger.log_metrics({**details, "epoch": self.current_epoch}, step=self.global_step)  # (rank 0)
+
+    def on_test_epoch_start(self) -> None:
+        self.begin_evaluation()
+
+    def on_test_epoch_end(self) -> None:
+        self.end_evaluation("test")
 
     def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
@@ -444,8 +513,10 @@ class MixClassifier(L.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self._validation_start = time.perf_counter()
+        self.begin_evaluation()
 
     def on_validation_epoch_end(self) -> None:
+        self.end_evaluation("val")
         if self._validation_start is not None and not self.trainer.sanity_checking:
             self._validation_seconds += time.perf_counter() - self._validation_start
         self._validation_start = None
