@@ -7,7 +7,8 @@
   are linked into the model, so a dataset config is enough to size the classifier.
 - ``openmix list``: the registered mixers with their papers and default hyperparameters.
 - ``openmix show MIXER``: a PNG grid of mixed samples from a dataset.
-- ``openmix bench GRID.yaml``: run a grid of fits (resumable; N at a time), then report it.
+- ``openmix bench GRID.yaml``: run a grid of fits (resumable; N at a time), then report it; or submit them as jobs
+  (``--executor slurm|local``) and follow them (``--status``).
 - ``openmix report RUN_DIR``: markdown / CSV tables and plots of finished runs.
 """
 
@@ -98,9 +99,64 @@ def show_command(args: Sequence[str]) -> None:
     print(f"wrote {options.out}")
 
 
+CLUSTER_FLAGS = {  # --flag -> the cluster: key it sets (openmix.bench.cluster.KEYS)
+    "--partition": "partition",
+    "--account": "account",
+    "--time": "time",
+    "--gpus-per-node": "gpus_per_node",
+    "--nodes": "nodes",
+    "--cpus-per-task": "cpus_per_task",
+    "--mem-gb": "mem_gb",
+    "--array-parallelism": "array_parallelism",
+    "--max-requeues": "max_requeues",
+}
+
+
+def _add_cluster_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "jobs", "submit the runs to a scheduler and return (these override the grid file's cluster: section)"
+    )
+    group.add_argument(
+        "--executor", choices=("slurm", "local"), default=None, help="slurm, or local: the same path on this machine"
+    )
+    group.add_argument("--status", action="store_true", help="show each run's state (run folders and scheduler)")
+    helps = {
+        "--time": "time limit of one job (HH:MM:SS, D-HH:MM:SS or minutes)",
+        "--gpus-per-node": "default: the runs' trainer.devices",
+        "--nodes": "default: the runs' trainer.num_nodes",
+        "--array-parallelism": "at most this many jobs at a time",
+        "--max-requeues": "times a job that reaches its time limit requeues itself (default 5)",
+    }
+    for flag in CLUSTER_FLAGS:
+        group.add_argument(flag, default=None, help=helps.get(flag))
+    group.add_argument("--sbatch", action="append", default=[], metavar="KEY=VALUE", help="extra sbatch option")
+    group.add_argument("--setup", action="append", default=[], metavar="LINE", help="shell line run before a job")
+
+
+def _cluster_from_command_line(options: argparse.Namespace) -> Any:
+    """The cluster options given on the command line (``ValueError`` naming the flag for a wrong value)."""
+    from openmix.bench.cluster import ClusterOptions, check_value
+
+    values: dict[str, Any] = {}
+    for flag, key in CLUSTER_FLAGS.items():
+        value = getattr(options, flag[2:].replace("-", "_"))
+        if value is not None:
+            values["time_min" if key == "time" else key] = check_value(key, value, flag)
+    extra = {}
+    for text in options.sbatch:
+        key, _, value = text.partition("=")
+        extra[key] = value if "=" in text else True  # --sbatch exclusive: a flag
+    if extra:
+        values["sbatch"] = check_value("sbatch", extra, "--sbatch")
+    if options.setup:
+        values["setup"] = check_value("setup", list(options.setup), "--setup")
+    return ClusterOptions(**values)
+
+
 def bench_command(args: Sequence[str]) -> None:
-    """Run every unfinished run of a grid file, then write its report. Exits 1 when a run did not finish, 2 when
-    the grid cannot run (invalid runs, or folders of another configuration), before anything starts."""
+    """Run every unfinished run of a grid file, then write its report; or submit them as scheduler jobs and return
+    (``--executor``), or show where each run stands (``--status``). Exits 1 when a run did not finish, 2 when the
+    grid cannot run (invalid runs, or folders of another configuration), before anything starts."""
     import yaml
 
     from openmix.bench import load_grid, report, run_grid
@@ -111,7 +167,9 @@ def bench_command(args: Sequence[str]) -> None:
     parser.add_argument("--runs-dir", default="runs", help="where run folders go (RUNS_DIR/<grid name>/<run>)")
     parser.add_argument("--parallel", type=int, default=1, help="runs at a time (CPU threads are split evenly)")
     parser.add_argument("--last", type=int, default=10, help="epochs of the 'median of the last N' column")
-    parser.add_argument("--dry-run", action="store_true", help="print the commands of the unfinished runs")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the commands of the unfinished runs and what they will cost"
+    )
     parser.add_argument("--progress-every", type=float, default=10.0, help="seconds between progress lines")
     parser.add_argument(
         "--only", action="append", default=[], metavar="AXIS=LABEL[,LABEL]", help="run only these runs (repeatable)"
@@ -119,6 +177,7 @@ def bench_command(args: Sequence[str]) -> None:
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key in every run (YAML)"
     )
+    _add_cluster_options(parser)
     options = parser.parse_args(args)
     only, overrides = {}, {}
     for text, target in [(t, only) for t in options.only] + [(t, overrides) for t in options.set]:
@@ -127,7 +186,20 @@ def bench_command(args: Sequence[str]) -> None:
         key, value = text.split("=", 1)
         target[key] = value.split(",") if target is only else yaml.safe_load(value)
     grid = load_grid(options.grid)
+    cluster = _cluster_from_command_line(options)
+    if options.status:
+        from openmix.bench.status import grid_status, status_table
+
+        print(status_table(grid, grid_status(grid, options.runs_dir, only)))
+        return
+    if options.executor is None and cluster != type(cluster)():
+        parser.error("the job options (--partition, --time, --sbatch ...) need --executor slurm or local")
     try:
+        if options.executor is not None:
+            from openmix.bench.jobs import submit_grid
+
+            submit_grid(grid, options.runs_dir, options.executor, cluster, options.dry_run, only, overrides)
+            return
         directories = run_grid(
             grid, options.runs_dir, options.parallel, options.dry_run, options.progress_every, only, overrides
         )

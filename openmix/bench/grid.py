@@ -17,6 +17,9 @@ A grid file (YAML)::
       model.init_args.label_smoothing: [0.0, 0.1]   # a list axis on any config key
     baseline: {mixer: vanilla}        # the row the report compares against (optional)
     wandb: false                      # also log to wandb, one group per grid (optional)
+    cluster:                          # what each run's job asks a scheduler for (optional; openmix.bench.cluster)
+      partition: gpu
+      time: "24:00:00"
 
 Runs are the product of the axes, named by their labels (``mixer=mixup,seed=0``).
 """
@@ -29,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from openmix.bench.cluster import ClusterOptions, cluster_options
 
 SEED_KEYS = ("seed_everything", "model.init_args.seed", "data.init_args.seed")
 
@@ -58,6 +63,7 @@ class Grid:
     axes: dict[str, dict[str, dict[str, Any]]]
     baseline: dict[str, str]
     wandb: bool = False
+    cluster: ClusterOptions = field(default_factory=ClusterOptions)
 
     def runs(self) -> list[Run]:
         """Every combination of the axes, in file order (the last axis varies fastest)."""
@@ -74,7 +80,7 @@ class Grid:
         return runs
 
 
-GRID_KEYS = ("name", "base", "args", "axes", "baseline", "wandb")
+GRID_KEYS = ("name", "base", "args", "axes", "baseline", "wandb", "cluster")
 
 
 def _as_list(value: Any) -> list[str]:
@@ -198,6 +204,7 @@ def load_grid(path: str | Path) -> Grid:
     wandb = spec.get("wandb") or False  # missing or null: off
     if not isinstance(wandb, bool):
         raise ValueError(f"{path}: wandb must be true or false, got {_kind(wandb)}")
+    cluster = cluster_options(spec.get("cluster"), f"{path}: ")
     return Grid(
         name=str(name),
         path=path,
@@ -206,4 +213,5 @@ def load_grid(path: str | Path) -> Grid:
         axes=axes,
         baseline=baseline,
         wandb=wandb,
+        cluster=cluster,
     )

@@ -10,9 +10,12 @@ The names of the files that :mod:`openmix.bench.runner`, :mod:`openmix.bench.rep
 - ``checkpoints/last.ckpt`` (:data:`CHECKPOINTS_DIR`, :data:`LAST_CHECKPOINT`) and the best checkpoint;
 - ``run.json`` (:data:`RUN_JSON`): the runner's record of the run's processes (:func:`read_run_json`);
 - ``output.log`` (:data:`OUTPUT_LOG`): the output of the runner's processes;
+- ``job.json`` (:data:`JOB_JSON`): the scheduler job that owns the run, when it was submitted as a job
+  (:mod:`openmix.bench.jobs`, :func:`read_job_json`);
 - ``run.lock`` (:data:`LOCK_FILE`): the writer's lock, below.
 
-A grid's folder holds its run folders and ``environment.json`` (:data:`ENVIRONMENT_FILE`); ``openmix fit`` without
+A grid's folder holds its run folders, ``environment.json`` (:data:`ENVIRONMENT_FILE`) and, when its runs were
+submitted as jobs, the launcher's job files and logs in ``jobs/`` (:data:`JOBS_DIR`); ``openmix fit`` without
 the runner puts each run in a ``version_N`` folder (:data:`VERSION_PATTERN`, :func:`version_folder`).
 
 A run folder has one writer at a time: the process that writes it (its :class:`~openmix.lightning.loggers.RunLogger`)
@@ -37,12 +40,19 @@ OUTPUT_LOG = "output.log"
 CHECKPOINTS_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
 ENVIRONMENT_FILE = "environment.json"  # in a grid's folder
+JOB_JSON = "job.json"
+JOBS_DIR = "jobs"  # in a grid's folder: submitit's pickles and the jobs' logs
 VERSION_PATTERN = re.compile(r"version_(\d+)")  # the run folders of `openmix fit`: version_0, version_1, ...
 
 
 def run_json_path(folder: str | Path) -> Path:
     """The run's ``run.json``."""
     return Path(folder) / RUN_JSON
+
+
+def job_json_path(folder: str | Path) -> Path:
+    """The run's ``job.json``: the scheduler job that owns it."""
+    return Path(folder) / JOB_JSON
 
 
 def config_path(folder: str | Path) -> Path:
@@ -85,6 +95,13 @@ def read_run_json(folder: str | Path) -> dict[str, Any] | None:
     """The record in a run folder's ``run.json``, ``None`` when it has none (a corrupt one raises ``ValueError``
     naming it, see :func:`read_record`)."""
     path = run_json_path(folder)
+    return read_record(path) if path.is_file() else None
+
+
+def read_job_json(folder: str | Path) -> dict[str, Any] | None:
+    """The job record in a run folder's ``job.json``, ``None`` when it was never submitted as a job (a corrupt one
+    raises ``ValueError`` naming it)."""
+    path = job_json_path(folder)
     return read_record(path) if path.is_file() else None
 
 

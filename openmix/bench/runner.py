@@ -18,7 +18,8 @@ A run folder is reused only for the same experiment: before anything starts, eve
 its complete configuration (which also rejects a misspelt key at once), and a run whose folder holds a
 ``config.yaml`` that resolves differently is refused, with the keys that changed. The ``fit`` processes die with
 the runner (Linux), and a folder has one writer at a time (:class:`~openmix.lightning.loggers.RunLogger` holds
-``run.lock``); the runner never starts a second one.
+``run.lock``); the runner never starts a second one, nor a run that a scheduler job owns (:mod:`openmix.bench.jobs`:
+the same runs as jobs of a cluster, with the same guarantees).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,7 @@ from openmix.bench.run_folder import (
     checkpoints_dir,
     config_path,
     folder_is_locked,
+    job_json_path,
     last_checkpoint_path,
     metrics_path,
     read_run_json,
@@ -175,9 +178,12 @@ def config_changes(before: Any, after: Any, prefix: str = "") -> list[str]:
     return [] if before == after else [f"{prefix}: {before!r} -> {after!r}"]
 
 
-def check_runs(grid: Grid, runs: list[Run], directories: list[Path]) -> list[str]:
+def check_runs(
+    grid: Grid, runs: list[Run], directories: list[Path], resolved: list[dict[str, Any]] | None = None
+) -> list[str]:
     """Problems that stop the grid before anything runs: a run whose arguments do not parse, or whose folder was
-    made by a different configuration (a changed grid under the same name)."""
+    made by a different configuration (a changed grid under the same name). ``resolved``, when given, receives each
+    run's complete configuration (an empty one for a run whose arguments do not parse)."""
     from openmix.lightning.cli import resolve_config
 
     problems = []
@@ -186,7 +192,11 @@ def check_runs(grid: Grid, runs: list[Run], directories: list[Path]) -> list[str
             wanted = resolve_config(run_arguments(run))
         except ValueError as error:
             problems.append(f"{run.name}: its arguments are not a valid configuration:\n{error}")
+            if resolved is not None:
+                resolved.append({})
             continue
+        if resolved is not None:
+            resolved.append(wanted)
         mixer = ((wanted.get("model") or {}).get("init_args") or {}).get("mixer")
         if isinstance(mixer, str):  # a value the parser cannot check: an unknown mixer fails only when the run starts
             from openmix.mixers import get_mixer_entry
@@ -213,12 +223,16 @@ def check_runs(grid: Grid, runs: list[Run], directories: list[Path]) -> list[str
 
 def failure_reason(directory: Path) -> str:
     """The line of a failed run's ``output.log`` that says why (the last error line, else the last line)."""
-    log = directory / OUTPUT_LOG
+    return reason_in_log(directory / OUTPUT_LOG)
+
+
+def reason_in_log(log: Path) -> str:
+    """The line of a log that says why a process failed (the last error line, else the last line)."""
     if not log.is_file():
-        return "no output.log"
+        return f"no {log.name}"
     lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
     errors = [line for line in lines if "Error" in line or "error:" in line or "Exception" in line]
-    return (errors or lines or ["empty output.log"])[-1][:300]
+    return (errors or lines or [f"empty {log.name}"])[-1][:300]
 
 
 def progress(directory: Path) -> tuple[int, float] | None:
@@ -244,6 +258,18 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
 
 
+def child_setup(ignored_signals: Sequence[int]) -> Callable[[], None]:
+    """What the fit child does between fork and exec: die with its parent, and ignore ``ignored_signals`` (a
+    scheduler's warning signal, sent to every process of a job, is its parent's to handle)."""
+
+    def setup() -> None:  # pragma: no cover - runs in the child between fork and exec
+        _die_with_parent()
+        for number in ignored_signals:
+            signal.signal(number, signal.SIG_IGN)
+
+    return setup
+
+
 def previous_segments(directory: Path) -> list[dict[str, Any]]:
     """The processes a run's ``run.json`` recorded before this one (empty for a new run)."""
     data = read_run_json(directory)
@@ -255,8 +281,20 @@ def previous_segments(directory: Path) -> list[dict[str, Any]]:
     return [{key: data[key] for key in keys if key in data}]  # a record written before segments existed
 
 
-def execute(grid: Grid, run: Run, directory: Path, threads: int) -> dict[str, Any]:
-    """Run one fit process to its end; record status, wall time and peak memory in ``run.json``."""
+def execute(
+    grid: Grid,
+    run: Run,
+    directory: Path,
+    threads: int,
+    *,
+    job_id: str | None = None,
+    ignored_signals: Sequence[int] = (),
+    started: Callable[[subprocess.Popen], None] | None = None,
+) -> dict[str, Any]:
+    """Run one fit process to its end; record status, wall time and peak memory in ``run.json``.
+
+    A scheduler job (:class:`openmix.bench.jobs.RunJob`) passes its ``job_id`` (kept in the process's segment of
+    ``run.json``), the signals the fit process must ignore, and ``started``, called with the process once it runs."""
     directory.mkdir(parents=True, exist_ok=True)
     if folder_is_locked(directory):  # another fit still writes there (e.g. left by a runner killed elsewhere)
         return {"status": "busy", "reason": f"another process is writing to {directory}", "labels": run.labels}
@@ -265,7 +303,10 @@ def execute(grid: Grid, run: Run, directory: Path, threads: int) -> dict[str, An
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
     start = time.perf_counter()
     with open(directory / OUTPUT_LOG, "a") as log:
-        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent)
+        setup = child_setup(ignored_signals) if ignored_signals else _die_with_parent
+        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=setup)
+        if started is not None:
+            started(process)
         _, status, usage = os.wait4(process.pid, 0)  # the child's own resource usage
         process.returncode = os.waitstatus_to_exitcode(status)
     # a segment killed with the grid runner itself leaves no record; the training process logs its own cumulative
@@ -275,6 +316,7 @@ def execute(grid: Grid, run: Run, directory: Path, threads: int) -> dict[str, An
             "returncode": process.returncode,
             "wall_time_s": time.perf_counter() - start,
             "peak_rss_mb": usage.ru_maxrss / 1024,  # Linux reports kilobytes
+            **({"job_id": job_id} if job_id is not None else {}),
         }
     )
     record = {
@@ -359,6 +401,97 @@ def select_runs(runs: list[Run], only: dict[str, list[str]] | None = None, overr
     return [dataclasses.replace(run, overrides={**run.overrides, **(overrides or {})}) for run in chosen]
 
 
+def prepare_runs(
+    grid: Grid, runs_dir: str | Path, only: dict[str, list[str]] | None = None, overrides: dict | None = None
+) -> tuple[list[Run], list[Path], list[dict[str, Any]]]:
+    """The runs :func:`select_runs` keeps, their folders and their complete configurations, once every check that
+    stops a grid before anything runs has passed (:class:`GridError` otherwise: see :func:`check_runs`)."""
+    varied = {key: axis for axis, labels in grid.axes.items() for values in labels.values() for key in values}
+    clashes = sorted(key for key in overrides or {} if key in varied)
+    if clashes:  # the runs' labels would then lie about what they trained
+        key = clashes[0]
+        raise GridError(f"--set {key}: the grid's axis {varied[key]!r} varies {key}; use --only to pick its values")
+    runs = select_runs(grid.runs(), only, overrides)
+    directories = [run_directory(runs_dir, grid, run) for run in runs]
+    configs: list[dict[str, Any]] = []
+    problems = check_runs(grid, runs, directories, configs)
+    if problems:
+        raise GridError(f"grid {grid.name} ({grid.path}) cannot run:\n" + "\n".join(f"- {p}" for p in problems))
+    return runs, directories, configs
+
+
+def write_grid_folder(grid: Grid, runs_dir: str | Path, provenance: dict[str, Any]) -> Path:
+    """Make the grid's folder; keep the grid file there (:func:`write_grid_copy`) and ``environment.json``."""
+    grid_dir = Path(runs_dir) / grid.name
+    grid_dir.mkdir(parents=True, exist_ok=True)
+    write_grid_copy(grid, grid_dir)
+    (grid_dir / ENVIRONMENT_FILE).write_text(json.dumps(provenance, indent=2))
+    return grid_dir
+
+
+def grid_directories(grid: Grid, runs_dir: str | Path) -> list[Path]:
+    """The folders of every run of the grid (not only the selected ones)."""
+    return [run_directory(runs_dir, grid, run) for run in grid.runs()]
+
+
+def jobs_owning(directories: list[Path]) -> dict[Path, str]:
+    """The run folders that a scheduler job, queued or running, owns (``job.json``; :mod:`openmix.bench.jobs`),
+    with a line naming the job. A run whose job the scheduler cannot be asked about counts as owned."""
+    if not any(job_json_path(directory).is_file() for directory in directories):
+        return {}
+    from openmix.bench.status import live_jobs
+
+    return live_jobs(directories)
+
+
+def epochs_to_train(directory: Path, config: dict[str, Any]) -> int | None:
+    """The epochs a run has left: its ``trainer.max_epochs`` less those its ``metrics.csv`` shows finished
+    (``None`` when its schedule is not a number of epochs)."""
+    max_epochs = (config.get("trainer") or {}).get("max_epochs")
+    if isinstance(max_epochs, bool) or not isinstance(max_epochs, int) or max_epochs < 0:
+        return None
+    state = progress(directory)
+    return max(0, max_epochs - (state[0] if state else 0))
+
+
+def seconds_per_epoch(directories: list[Path]) -> tuple[float, int] | None:
+    """The mean wall time of one epoch over the finished runs among ``directories``, and how many there were."""
+    rates = []
+    for directory in directories:
+        record = read_run_json(directory)
+        state = progress(directory)
+        if record and record.get("status") == "done" and record.get("wall_time_s") and state and state[0] > 0:
+            rates.append(float(record["wall_time_s"]) / state[0])
+    return (sum(rates) / len(rates), len(rates)) if rates else None
+
+
+def cost_lines(
+    pending: list[Path], configs: list[dict[str, Any]], measured_on: list[Path], devices_per_run: int = 1
+) -> list[str]:
+    """What the ``pending`` runs will cost: their epochs left, and the time those take at the mean pace of the
+    finished runs among ``measured_on`` (every method alike: a rough figure), in device-hours for runs of
+    ``devices_per_run`` devices."""
+    epochs = [epochs_to_train(directory, config) for directory, config in zip(pending, configs)]
+    known = [count for count in epochs if count is not None]
+    line = f"cost: {len(pending)} run(s) to go, {sum(known)} epochs left in all"
+    if len(known) < len(epochs):
+        line += f" ({len(epochs) - len(known)} run(s) without a max_epochs not counted)"
+    lines = [line]
+    if not pending:
+        return lines
+    measured = seconds_per_epoch(measured_on)
+    if measured is None:
+        lines.append("  no finished run of this grid to time an epoch yet: run one first (--only) to estimate the time")
+        return lines
+    rate, count = measured
+    hours = sum(known) * rate / 3600
+    line = f"  at {rate:.1f} s per epoch (the mean of {count} finished run(s) of this grid): about {hours:.1f} hours"
+    if devices_per_run > 1:
+        line += f" x {devices_per_run} devices = {hours * devices_per_run:.1f} device-hours"
+    lines.append(line)
+    return lines
+
+
 def run_grid(
     grid: Grid,
     runs_dir: str | Path = "runs",
@@ -377,28 +510,27 @@ def run_grid(
     ``progress_every`` seconds)."""
     if parallel < 1:
         raise ValueError(f"parallel must be >= 1, got {parallel}")
-    varied = {key: axis for axis, labels in grid.axes.items() for values in labels.values() for key in values}
-    clashes = sorted(key for key in overrides or {} if key in varied)
-    if clashes:  # the runs' labels would then lie about what they trained
-        key = clashes[0]
-        raise GridError(f"--set {key}: the grid's axis {varied[key]!r} varies {key}; use --only to pick its values")
-    runs = select_runs(grid.runs(), only, overrides)
-    directories = [run_directory(runs_dir, grid, run) for run in runs]
-    problems = check_runs(grid, runs, directories)
-    if problems:
-        raise GridError(f"grid {grid.name} ({grid.path}) cannot run:\n" + "\n".join(f"- {p}" for p in problems))
+    runs, directories, configs = prepare_runs(grid, runs_dir, only, overrides)
     if not dry_run:
-        grid_dir = Path(runs_dir) / grid.name
-        grid_dir.mkdir(parents=True, exist_ok=True)
-        write_grid_copy(grid, grid_dir)
-        (grid_dir / ENVIRONMENT_FILE).write_text(json.dumps(environment(parallel), indent=2))
-    pending = [(run, d) for run, d in zip(runs, directories) if not is_done(d)]
-    print(f"grid {grid.name}: {len(runs)} runs, {len(runs) - len(pending)} already done, {len(pending)} to run")
+        write_grid_folder(grid, runs_dir, environment(parallel))
+    owned = jobs_owning(directories)
+    pending = [(run, d) for run, d in zip(runs, directories) if not is_done(d) and d not in owned]
+    done = sum(is_done(d) for d in directories)
+    queued = f", {len(owned)} owned by scheduler jobs" if owned else ""
+    print(f"grid {grid.name}: {len(runs)} runs, {done} already done{queued}, {len(pending)} to run")
+    for directory, job in owned.items():
+        print(f"  {directory.name}: {job}; not run here (one writer per run folder)")
     if dry_run:
         import shlex
 
         for run, directory in pending:
             print(shlex.join(command(grid, run, directory)))
+        chosen = {d: config for d, config in zip(directories, configs)}
+        print(
+            "\n".join(
+                cost_lines([d for _, d in pending], [chosen[d] for _, d in pending], grid_directories(grid, runs_dir))
+            )
+        )
         return directories
     threads = max(1, (os.cpu_count() or 1) // parallel)
     lock = threading.Lock()
