@@ -129,7 +129,13 @@ def _add_cluster_options(parser: argparse.ArgumentParser) -> None:
     }
     for flag in CLUSTER_FLAGS:
         group.add_argument(flag, default=None, help=helps.get(flag))
-    group.add_argument("--sbatch", action="append", default=[], metavar="KEY=VALUE", help="extra sbatch option")
+    group.add_argument(
+        "--sbatch",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra sbatch option (YAML value; KEY=true: a bare flag)",
+    )
     group.add_argument("--setup", action="append", default=[], metavar="LINE", help="shell line run before a job")
 
 
@@ -142,10 +148,14 @@ def _cluster_from_command_line(options: argparse.Namespace) -> Any:
         value = getattr(options, flag[2:].replace("-", "_"))
         if value is not None:
             values["time_min" if key == "time" else key] = check_value(key, value, flag)
+    import yaml
+
     extra = {}
     for text in options.sbatch:
-        key, _, value = text.partition("=")
-        extra[key] = value if "=" in text else True  # --sbatch exclusive: a flag
+        key, equals, value = text.partition("=")
+        if not equals or not key.strip():
+            raise ValueError(f"--sbatch {text}: expected KEY=VALUE (a bare flag is KEY=true, e.g. exclusive=true)")
+        extra[key.strip()] = yaml.safe_load(value)  # read as --set reads its values: exclusive=true is a flag
     if extra:
         values["sbatch"] = check_value("sbatch", extra, "--sbatch")
     if options.setup:

@@ -5,7 +5,9 @@ its time limit that requeues itself, and the ranks of a DDP run under Lightning'
 
 from __future__ import annotations
 
+import argparse
 import csv
+import dataclasses
 import json
 import os
 import signal
@@ -86,6 +88,7 @@ def openmix(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
         ({"partiton": "gpu"}, "cluster.partiton: unknown key; did you mean 'partition'?"),
         ({"time": "1:2:3:4"}, "cluster.time must be a time limit"),
         ({"time": "0:00"}, "cluster.time must be at least one minute"),
+        ({"time": 90}, 'cluster.time must be quoted, e.g. time: "12:00:00"'),
         ({"gpus_per_node": -1}, "cluster.gpus_per_node must be a number of GPUs >= 0"),
         ({"nodes": 1.5}, "cluster.nodes must be a number of nodes >= 1"),
         ({"mem_gb": "lots"}, "cluster.mem_gb must be a memory size in GB > 0"),
@@ -316,6 +319,149 @@ def test_status_needs_no_scheduler(tmp_path, monkeypatch):
     assert shown.returncode == 0, shown.stderr[-2000:]
     assert "5 runs: 1 done, 2 failed, 1 not submitted, 1 unknown" in shown.stdout
     assert "job 77_1" in shown.stdout
+
+
+def test_an_unquoted_time_in_the_grid_file_is_refused_not_read_as_base_60(tmp_path):
+    """YAML 1.1 reads ``time: 12:00:00`` as 43200: a 30-day limit if taken as minutes."""
+    path = write_grid(tmp_path)
+    path.write_text(path.read_text() + "cluster:\n  time: 12:00:00\n")
+    with pytest.raises(ValueError, match=r'cluster.time must be quoted, e.g. time: "12:00:00".* an int 43200'):
+        load_grid(path)
+    path.write_text(path.read_text().replace("time: 12:00:00", 'time: "12:00:00"'))
+    assert load_grid(path).cluster.time_min == 720
+
+
+def test_gpus_are_not_requested_for_cpu_runs():
+    cpu = {"trainer": {"accelerator": "cpu", "devices": 1}}
+    with pytest.raises(ValueError, match="gpus_per_node=1 .* trainer.accelerator=cpu"):
+        job_resources([cpu], ClusterOptions(gpus_per_node=1), "slurm")
+    assert job_resources([cpu], ClusterOptions(gpus_per_node=0), "slurm") == Resources(1, 1, 0)
+
+
+def test_sbatch_options_on_the_command_line_are_read_as_yaml(tmp_path):
+    from openmix.cli import CLUSTER_FLAGS, _cluster_from_command_line
+
+    def options(*sbatch: str) -> argparse.Namespace:
+        flags = {flag[2:].replace("-", "_"): None for flag in CLUSTER_FLAGS}
+        return argparse.Namespace(**flags, sbatch=list(sbatch), setup=[])
+
+    cluster = _cluster_from_command_line(options("exclusive=true", "qos=high", "--nice=10"))
+    assert cluster.sbatch == {"exclusive": True, "qos": "high", "nice": 10}
+    grid = load_grid(write_grid(tmp_path))
+    script = sbatch_script(grid, dataclasses.replace(cluster, time_min=60), Resources(1, 1, 0), tmp_path, 1)
+    assert "#SBATCH --exclusive\n" in script and "#SBATCH --qos=high\n" in script
+    with pytest.raises(ValueError, match="^--sbatch qos: expected KEY=VALUE"):
+        _cluster_from_command_line(options("qos"))
+    with pytest.raises(ValueError, match="--sbatch.exclusive must be a value or true"):
+        _cluster_from_command_line(options("exclusive=false"))
+
+
+def test_the_reason_of_a_failure_is_the_traceback_or_the_signal(tmp_path):
+    from openmix.bench.runner import exit_reason, reason_in_log
+
+    log = tmp_path / "output.log"
+    summary = "3 | calibration | MulticlassCalibrationError | 0      | train"
+    log.write_text(
+        f"Traceback (most recent call last):\n  File 'x.py'\nValueError: first\n{summary}\n"
+        "Traceback (most recent call last):\n  File 'y.py', line 3\n    raise RuntimeError('boom')\n"
+        "torch.OutOfMemoryError: CUDA out of memory\nException ignored in atexit\n"
+    )
+    assert reason_in_log(log) == "torch.OutOfMemoryError: CUDA out of memory"
+    log.write_text(f"submitit ERROR: RuntimeError: stopped\n{summary}\nEpoch 3: 100%\n")
+    assert reason_in_log(log) == "submitit ERROR: RuntimeError: stopped"
+    log.write_text(f"{summary}\nEpoch 3: 100%\n")
+    assert reason_in_log(log) == "Epoch 3: 100%"
+    assert exit_reason(-signal.SIGKILL, log) == "killed by signal SIGKILL"
+    assert exit_reason(1, log) == "Epoch 3: 100%"
+
+
+def test_a_corrupt_job_record_shows_the_submissions_error(tmp_path, monkeypatch):
+    fake_slurm(tmp_path, monkeypatch)
+    grid = load_grid(write_grid(tmp_path, cluster={"time": "1:00:00"}))
+    runs_dir = tmp_path / "runs"
+    folder = run_directory(runs_dir, grid, grid.runs()[0])
+    folder.mkdir(parents=True)
+    (folder / "job.json").write_text('{"executor": "slu')
+    with pytest.raises(ValueError) as error:
+        submit_grid(grid, runs_dir, "slurm")
+    assert "job.json is not valid JSON" in str(error.value)
+    status = grid_status(grid, runs_dir)[0]
+    assert (status.state, status.detail) == ("unknown", str(error.value))
+
+
+def test_a_failure_a_job_recorded_needs_no_scheduler(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    grid = load_grid(write_grid(tmp_path, axes={"seed": [0, 1]}))
+    runs_dir = tmp_path / "runs"
+    folders = [run_directory(runs_dir, grid, run) for run in grid.runs()]
+    for folder, job_id in zip(folders, ("5", "6")):
+        folder.mkdir(parents=True)
+        (folder / "job.json").write_text(json.dumps({"executor": "slurm", "job_id": job_id, "token": "t"}))
+        failed = {"status": "failed", "reason": "ValueError: bad", "segments": [{"job_id": "5"}]}
+        (folder / "run.json").write_text(json.dumps(failed))
+    result = [(status.state, status.detail) for status in grid_status(grid, runs_dir)]
+    assert result[0] == ("failed", "ValueError: bad")
+    assert result[1][0] == "unknown"  # job 6 came after the recorded failure: it may be running
+
+
+def test_a_folder_a_live_process_writes_is_running_and_not_submitted(tmp_path, monkeypatch, capsys):
+    """A fit still holding run.lock after its job ended: --status says running, a submission skips it; probing the
+    lock leaves run.lock as it was."""
+    from openmix.bench.run_folder import folder_is_locked, lock_folder
+
+    records = fake_slurm(tmp_path, monkeypatch)
+    grid = load_grid(write_grid(tmp_path, cluster={"time": "1:00:00"}))
+    runs_dir = tmp_path / "runs"
+    folders = [run_directory(runs_dir, grid, run) for run in grid.runs()]
+    (records / "sacct.txt").write_text("JobID|State|NodeList\n9|CANCELLED|node1\n")
+    folders[0].mkdir(parents=True)
+    (folders[0] / "job.json").write_text(json.dumps({"executor": "slurm", "job_id": "9", "token": "t"}))
+    (folders[0] / "run.lock").write_text("someone")
+    assert not folder_is_locked(folders[0]) and (folders[0] / "run.lock").read_text() == "someone"
+    assert not folder_is_locked(folders[1]) and not folders[1].exists()
+    holder = lock_folder(folders[0])
+    try:
+        written = (folders[0] / "run.lock").read_text()
+        assert folder_is_locked(folders[0]) and (folders[0] / "run.lock").read_text() == written
+        status = grid_status(grid, runs_dir)[0]
+        assert status.state == "running" and status.detail.startswith("folder locked by a live process")
+        capsys.readouterr()
+        submit_grid(grid, runs_dir, "slurm")
+        out = capsys.readouterr().out
+        assert "1 queued or running, 1 to submit" in out and "run.lock is held by a live process" in out
+        assert json.loads((folders[0] / "job.json").read_text())["job_id"] == "9"
+        assert json.loads((folders[1] / "job.json").read_text())["job_id"] == "4242"
+    finally:
+        holder.close()
+    assert not folder_is_locked(folders[0])
+
+
+def test_a_second_submission_waits_for_the_first(tmp_path, monkeypatch, capsys):
+    """The grid's submission lock: a submission started while another holds it waits, then sees its jobs."""
+    import fcntl
+    import threading
+
+    records = fake_slurm(tmp_path, monkeypatch)
+    grid = load_grid(write_grid(tmp_path, cluster={"time": "1:00:00"}))
+    runs_dir = tmp_path / "runs"
+    (records / "sacct.txt").write_text("JobID|State|NodeList\n4242_0|PENDING|None\n4242_1|PENDING|None\n")
+    (runs_dir / "tiny").mkdir(parents=True)
+    with open(runs_dir / "tiny" / "submit.lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # the first submission, mid-way
+        second = threading.Thread(target=submit_grid, args=(grid, runs_dir, "slurm"))
+        second.start()
+        time.sleep(1.0)
+        assert second.is_alive() and not (records / "sbatch-0.sh").exists()
+        assert "another submission of this grid holds" in capsys.readouterr().out
+    second.join(60)
+    assert (records / "sbatch-0.sh").exists()
+    threads = [threading.Thread(target=submit_grid, args=(grid, runs_dir, "slurm")) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not (records / "sbatch-1.sh").exists()  # both saw the queued jobs
+    assert not list((runs_dir / "tiny").glob("*/.job.json*partial"))
 
 
 # ------------------------------------------------------------------------------------- whole grids, local executor

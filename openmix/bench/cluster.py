@@ -6,7 +6,7 @@ A grid file may say::
     cluster:
       partition: gpu
       account: my-project
-      time: "24:00:00"                # the time limit of one job (SLURM's formats, or minutes)
+      time: "24:00:00"                # the time limit of one job, quoted (SLURM's formats, or "90" minutes)
       gpus_per_node: 1                # default: the runs' trainer.devices (GPU runs) or 0
       nodes: 1                        # default: the runs' trainer.num_nodes
       cpus_per_task: 8
@@ -103,7 +103,8 @@ KEYS: dict[str, tuple[str, str]] = {
 
 def _kind(value: Any) -> str:
     text = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
-    return f"a {type(value).__name__} {text}"
+    name = type(value).__name__
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name} {text}"
 
 
 def parse_time(value: Any, where: str) -> int:
@@ -199,5 +200,11 @@ def cluster_options(spec: Any, where: str = "") -> ClusterOptions:
             raise ValueError(f"{where}cluster.{key}: unknown key{hint}")
         if value is None:
             continue
+        if key == "time" and not isinstance(value, str):
+            # YAML 1.1 reads an unquoted 12:00:00 as the base-60 number 43200: never guess which was meant
+            raise ValueError(
+                f'{where}cluster.time must be quoted, e.g. time: "12:00:00" or time: "90" (minutes): YAML reads an '
+                f"unquoted 12:00:00 as the number 43200; got {_kind(value)}"
+            )
         values["time_min" if key == "time" else key] = check_value(key, value, f"{where}cluster.{key}")
     return ClusterOptions(**values)

@@ -25,9 +25,12 @@ The guarantees of the local runner hold:
 - One writer per run folder: a run whose recorded job is pending or running (or whose state cannot be learnt) is
   not submitted again; a job runs only while the folder's ``job.json`` holds its own token (a later submission
   supersedes it), and the fit process holds ``run.lock``.
-- When SLURM warns of the time limit or of a preemption (``USR2``, 90 s ahead), the job stops the fit (its last
-  epoch's checkpoint is on disk) and requeues itself (up to ``max_requeues`` time limits); the requeued job resumes
-  from ``last.ckpt``. A job killed any other way is resumed the same way by submitting the grid again.
+- When SLURM warns of the time limit (``USR2``, 90 s ahead; 30 s for the local executor), the job stops the fit
+  (its last epoch's checkpoint is on disk) and requeues itself (up to ``max_requeues`` time limits); the requeued
+  job resumes from ``last.ckpt``. A preemption comes as ``SIGTERM`` or as SLURM's own requeue; a job requeued by
+  SLURM, or killed any other way and submitted again, resumes the same way.
+- Two submissions of a grid at once are serialised by the grid's ``submit.lock``; a run folder whose ``run.lock``
+  a live process holds is not submitted.
 
 ``--status`` (:mod:`openmix.bench.status`) reads each run's state from its folder and asks the scheduler about the
 recorded job.
@@ -57,7 +60,9 @@ from openmix.bench.cluster import ClusterOptions, format_time
 from openmix.bench.grid import Grid, Run
 from openmix.bench.run_folder import (
     JOBS_DIR,
+    LOCK_FILE,
     OUTPUT_LOG,
+    folder_is_locked,
     job_json_path,
     last_checkpoint_path,
     read_job_json,
@@ -78,6 +83,7 @@ from openmix.bench.status import live_jobs
 EXECUTORS = ("local", "slurm")
 LOCAL_TIME_MIN = 7 * 24 * 60  # a local job without a time limit: a week
 DEFAULT_REQUEUES = 5
+SUBMIT_LOCK = "submit.lock"  # in the grid's runs folder: one submission of a grid at a time
 
 
 @dataclass(frozen=True)
@@ -126,6 +132,11 @@ def job_resources(configs: list[dict[str, Any]], cluster: ClusterOptions, execut
         )
     accelerator, devices, num_nodes = shapes.pop() if shapes else ("auto", 1, 1)
     on_gpus = accelerator in ("gpu", "cuda") or (accelerator == "auto" and bool(cluster.gpus_per_node))
+    if accelerator == "cpu" and cluster.gpus_per_node:
+        raise ValueError(
+            f"gpus_per_node={cluster.gpus_per_node} (--gpus-per-node or cluster.gpus_per_node) but the runs train "
+            "on trainer.accelerator=cpu: drop the GPUs, or pass --set trainer.accelerator=gpu"
+        )
     gpus = cluster.gpus_per_node
     if gpus is None:
         gpus = (devices or 0) if on_gpus else 0
@@ -304,7 +315,7 @@ def _write_job_json(directory: Path, record: dict[str, Any]) -> None:
     """Replace the run's ``job.json`` whole (a job reading it never sees half of it)."""
     directory.mkdir(parents=True, exist_ok=True)
     path = job_json_path(directory)
-    partial = path.with_name(f".{path.name}.partial")
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")  # one per writer
     partial.write_text(json.dumps(record, indent=2))
     os.replace(partial, path)
 
@@ -340,7 +351,28 @@ def submit_grid(
     resources = job_resources(configs, options, executor)
     if executor == "slurm":
         slurm_parameters(grid, options, resources)  # a missing time limit stops even a dry run
+    grid_dir = Path(runs_dir) / grid.name
+    with nullcontext() if dry_run else _submission_lock(grid_dir):
+        return _submit_unowned(grid, runs_dir, executor, options, resources, dry_run, runs, directories, configs)
+
+
+def _submit_unowned(
+    grid: Grid,
+    runs_dir: Path,
+    executor: str,
+    options: ClusterOptions,
+    resources: Resources,
+    dry_run: bool,
+    runs: list[Run],
+    directories: list[Path],
+    configs: list[dict[str, Any]],
+) -> list[Path]:
+    """:func:`submit_grid` once it holds the grid's submission lock: what no live job and no live process owns is
+    submitted."""
     owned = live_jobs(directories)
+    for directory in directories:
+        if directory not in owned and not is_done(directory) and folder_is_locked(directory):
+            owned[directory] = f"{LOCK_FILE} is held by a live process (a fit still writing the run)"
     todo = [(run, d, c) for run, d, c in zip(runs, directories, configs) if not is_done(d) and d not in owned]
     done = sum(is_done(d) for d in directories)
     queued = f"{len(owned)} queued or running"
@@ -363,6 +395,28 @@ def submit_grid(
     print(f"submitted {len(todo)} run(s) as {executor} job(s) {span}; each run folder's job.json names its job")
     print(f"follow them with: openmix bench {grid.path} --runs-dir {runs_dir} --status")
     return directories
+
+
+@contextmanager
+def _submission_lock(grid_dir: Path) -> Iterator[None]:
+    """Hold the grid's submission lock (``SUBMIT_LOCK`` in its runs folder) for the duration: a second submission
+    of the same grid waits here, then sees the first one's jobs as live."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    grid_dir.mkdir(parents=True, exist_ok=True)
+    with open(grid_dir / SUBMIT_LOCK, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            print(f"another submission of this grid holds {grid_dir / SUBMIT_LOCK}; waiting for it to end")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _submit(
@@ -440,7 +494,7 @@ def _print_plan(
         unit = f"{resources.gpus} GPU(s)" if resources.gpus else f"{resources.nodes} node(s)"
         hours = len(todo) * (resources.gpus or resources.nodes) * options.time_min / 60
         lines.append(
-            f"  requested: {len(todo)} job(s) x {unit} x {format_time(options.time_min)} = at most {hours:.0f} "
+            f"  requested: {len(todo)} job(s) x {unit} x {format_time(options.time_min)} = at most {hours:.1f} "
             f"{'GPU' if resources.gpus else 'node'}-hours before requeues (a job that reaches its time limit requeues "
             f"itself, at most {requeues} times)"
         )

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -126,9 +127,14 @@ def lock_folder(directory: str | Path) -> Any:
         return None
     os.makedirs(directory, exist_ok=True)
     handle = open(os.path.join(directory, LOCK_FILE), "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    for attempt in range(6):  # a probe (folder_is_locked) holds the lock for an instant: try again briefly
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except OSError:
+            if attempt < 5:
+                time.sleep(0.1)
+    else:
         handle.seek(0)
         holder = handle.read().strip() or "?"
         handle.close()
@@ -143,13 +149,20 @@ def lock_folder(directory: str | Path) -> Any:
 
 
 def folder_is_locked(directory: str | Path) -> bool:
-    """Whether a process holds the lock of a run folder now."""
-    if not os.path.isfile(os.path.join(directory, LOCK_FILE)):
+    """Whether a process holds the lock of a run folder now: a read-only probe (a shared lock of the existing
+    ``run.lock``, taken without waiting and released at once; the file is neither created nor written)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
         return False
     try:
-        handle = lock_folder(directory)
-    except RunFolderBusy:
-        return True
-    if handle is not None:
-        handle.close()  # releases the lock at once
+        handle = open(os.path.join(directory, LOCK_FILE))
+    except OSError:  # no lock file: never locked
+        return False
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
     return False

@@ -28,6 +28,7 @@ import csv
 import functools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -226,13 +227,38 @@ def failure_reason(directory: Path) -> str:
     return reason_in_log(directory / OUTPUT_LOG)
 
 
+# the last line of a traceback: ``ValueError: ...``, ``torch.OutOfMemoryError: ...``, ``KeyboardInterrupt``
+EXCEPTION_LINE = re.compile(r"^(\w+\.)*\w*(Error|Exception|Interrupt|Exit)\b(:|$)")
+# a line that reports an error: ``submitit ERROR: RuntimeError: ...``, ``sbatch: error: ...`` (a bare name such as a
+# model summary's ``MulticlassCalibrationError`` row is not one)
+ERROR_LINE = re.compile(r"\b\w*(Error|Exception)\b:|\berror:")
+
+
 def reason_in_log(log: Path) -> str:
-    """The line of a log that says why a process failed (the last error line, else the last line)."""
+    """The line of a log that says why a process failed: the last traceback's exception line, else the last line
+    reporting an error (``...Error: ...``), else the last line."""
     if not log.is_file():
         return f"no {log.name}"
     lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
-    errors = [line for line in lines if "Error" in line or "error:" in line or "Exception" in line]
+    tracebacks = [index for index, line in enumerate(lines) if line.startswith("Traceback (most recent call last)")]
+    if tracebacks:
+        ends = [line for line in lines[tracebacks[-1] + 1 :] if EXCEPTION_LINE.match(line)]
+        if ends:
+            return ends[-1][:300]
+    errors = [line for line in lines if EXCEPTION_LINE.match(line) or ERROR_LINE.search(line)]
     return (errors or lines or [f"empty {log.name}"])[-1][:300]
+
+
+def exit_reason(returncode: int, log: Path) -> str:
+    """Why a process that exited with ``returncode`` failed: the signal that killed it (a negative code), else the
+    line of its log that says why."""
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"killed by signal {name}"
+    return reason_in_log(log)
 
 
 def progress(directory: Path) -> tuple[int, float] | None:
@@ -330,8 +356,11 @@ def execute(
         "command": args,
     }
     if process.returncode != 0:
-        record["reason"] = failure_reason(directory)
-    run_json_path(directory).write_text(json.dumps(record, indent=2))
+        record["reason"] = exit_reason(process.returncode, directory / OUTPUT_LOG)
+    path = run_json_path(directory)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")  # a reader never sees half of it
+    partial.write_text(json.dumps(record, indent=2))
+    os.replace(partial, path)
     return record
 
 

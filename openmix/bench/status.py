@@ -154,11 +154,16 @@ def _resumes(directory: Path) -> str:
     return f"resumes after epoch {state[0]}" if state else "resumes from its checkpoint"
 
 
+def _failed_in(record: dict[str, Any] | None, job: dict[str, Any]) -> bool:
+    """Whether ``run.json`` records a failure of the job ``job`` (its last segment ran in that job)."""
+    segments = (record or {}).get("segments") or [{}]
+    return bool(record) and record.get("status") == "failed" and segments[-1].get("job_id") == job.get("job_id")
+
+
 def _ended_reason(directory: Path, job: dict[str, Any], state: str) -> str:
     """Why a run whose job ended is not done: the run's own failure, else the job's state and log."""
     record = read_run_json(directory) or {}
-    segments = record.get("segments") or [{}]
-    if record.get("status") == "failed" and segments[-1].get("job_id") == job.get("job_id"):
+    if _failed_in(record, job):
         return str(record.get("reason", "?"))
     log = Path(job["log"]) if job.get("log") else None
     ended = "ended" if state in ("ENDED", "COMPLETED") else f"ended {state}"
@@ -178,13 +183,17 @@ def run_status(directory: Path, job: dict[str, Any] | None, state: str | None) -
             return "pending", ", ".join(filter(None, (state.lower(), _resumes(directory))))
         if state in RUNNING:
             return "running", _epochs(directory) or "starting"
+        if folder_is_locked(directory):  # the job has ended (or cannot be asked about) but its fit still writes
+            return "running", f"folder locked by a live process; {_epochs(directory) or 'starting'}"
         if state == UNKNOWN or state is None:
+            if _failed_in(record, job):  # the job recorded its own failure: no scheduler needed
+                return "failed", str(record.get("reason", "?")) + _again(directory)
             return "unknown", f"the scheduler cannot say ({job.get('executor')} job {job.get('job_id')})"
         return "failed", _ended_reason(directory, job, state) + _again(directory)
+    if folder_is_locked(directory):  # a plain `openmix bench` resuming it, failed before or not
+        return "running", f"outside a scheduler; {_epochs(directory) or 'starting'}"
     if record is not None and record.get("status") == "failed":
         return "failed", str(record.get("reason", "?")) + _again(directory)
-    if folder_is_locked(directory):
-        return "running", f"outside a scheduler; {_epochs(directory) or 'starting'}"
     return "not submitted", _resumes(directory)
 
 
@@ -197,18 +206,22 @@ def grid_status(grid: Grid, runs_dir: str | Path = "runs", only: dict[str, list[
     """The state of every run of the grid (or of those ``only`` keeps), from the run folders and the scheduler."""
     runs = select_runs(grid.runs(), only)
     directories = [run_directory(runs_dir, grid, run) for run in runs]
-    jobs = {}
+    jobs, unreadable = {}, {}
     for directory in directories:
         try:
             record = read_job_json(directory)
-        except ValueError:
-            continue  # reported by run_status as a run without a readable job
+        except ValueError as error:  # the error a submission stops with
+            unreadable[directory] = str(error)
+            continue
         if record is not None:
             jobs[directory] = record
     states = scheduler_states({d: job for d, job in jobs.items() if not is_done_quietly(d)})
     statuses = []
     for run, directory in zip(runs, directories):
         job = jobs.get(directory)
+        if directory in unreadable and not is_done_quietly(directory):
+            statuses.append(RunStatus(run.name, directory, "unknown", None, unreadable[directory]))
+            continue
         state, detail = run_status(directory, job, states.get(directory))
         statuses.append(RunStatus(run.name, directory, state, None if job is None else job.get("job_id"), detail))
     return statuses
