@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 
 import openmix
 from openmix.lightning.services import mixer_inputs
+
+# Fashion-MNIST from Debian's dataset-fashion-mnist, and the overrides that make a grid's runs tiny and fast (the
+# harness and cluster tests)
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+needs_fmnist = pytest.mark.skipif(
+    not (FMNIST / "train-images-idx3-ubyte.gz").is_file(), reason="Fashion-MNIST (dataset-fashion-mnist) not installed"
+)
+TINY_ARGS = {
+    "model.init_args.backbone": "resnet10t",
+    "model.init_args.backbone_kwargs": {"channels": [8, 8, 8, 8], "stem_width": 8},
+    "model.init_args.cifar_stem": True,
+    "data.init_args.limit_train": 128,
+    "data.init_args.limit_val": 64,
+    "data.init_args.batch_size": 32,
+    "trainer.max_epochs": 1,
+}
 
 
 class TinyExtractor(nn.Module):

@@ -13,24 +13,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import TINY_ARGS, needs_fmnist
 
 from openmix.bench.report import report
 from openmix.bench.run_folder import folder_is_locked, lock_folder
 
 ROOT = Path(__file__).resolve().parents[1]
-FMNIST = Path("/usr/share/datasets/fashion-mnist")
-needs_fmnist = pytest.mark.skipif(
-    not (FMNIST / "train-images-idx3-ubyte.gz").is_file(), reason="Fashion-MNIST (dataset-fashion-mnist) not installed"
-)
-TINY_ARGS = {
-    "model.init_args.backbone": "resnet10t",
-    "model.init_args.backbone_kwargs": {"channels": [8, 8, 8, 8], "stem_width": 8},
-    "model.init_args.cifar_stem": True,
-    "data.init_args.limit_train": 128,
-    "data.init_args.limit_val": 64,
-    "data.init_args.batch_size": 32,
-    "trainer.max_epochs": 1,
-}
 
 
 def write_grid(folder: Path, name: str = "tiny", axes: dict | None = None, **args) -> Path:
