@@ -352,7 +352,7 @@ class PairMixer(Mixer):
         lam_in = F_mix.check_lam(lam, batch_size, self.mode)
         index = F_mix.to_device(F_mix.partner_index(batch_size, self.pairing, generator), x.device)
         mixed, lam_out, mask = self.mix(x, index, lam_in, generator, **context)
-        lam_out = F_mix.to_device(lam_out, x.device, torch.float32).clamp_(0.0, 1.0)
+        lam_out = F_mix.to_device(lam_out, x.device, torch.float32).clamp(0.0, 1.0)  # new: not the mixer's tensor
         return MixOutput(mixed, index, lam_out, y, y.index_select(0, index), mask)
 
     def draw_lam(self, lam_in: Tensor | None, batch_size: int, generator: torch.Generator | None) -> Tensor:
