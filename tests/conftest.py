@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,7 @@ from openmix.lightning.services import mixer_inputs
 
 # Fashion-MNIST from Debian's dataset-fashion-mnist, and the overrides that make a grid's runs tiny and fast (the
 # harness and cluster tests)
+ROOT = Path(__file__).resolve().parents[1]
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 needs_fmnist = pytest.mark.skipif(
     not (FMNIST / "train-images-idx3-ubyte.gz").is_file(), reason="Fashion-MNIST (dataset-fashion-mnist) not installed"
@@ -159,3 +163,11 @@ def model_config_for(config) -> str:
     cnn, vit = MODEL_CONFIGS[Path(config).parent.name]
     cls = mixer_class_of(config)
     return vit if cls is not None and "attention" in cls.requires else cnn
+
+
+def run_openmix(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``python -m openmix.cli ARGS`` in a subprocess with one OpenMP thread, this checkout and tests/ importable."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}
+    return subprocess.run(
+        [sys.executable, "-m", "openmix.cli", *args], capture_output=True, text=True, env=env, timeout=timeout
+    )

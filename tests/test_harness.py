@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import TINY_ARGS, needs_fmnist
+from conftest import run_openmix as openmix
 
 from openmix.bench.report import report
 from openmix.bench.run_folder import folder_is_locked, lock_folder
@@ -31,13 +32,6 @@ def write_grid(folder: Path, name: str = "tiny", axes: dict | None = None, **arg
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
-
-
-def openmix(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}
-    return subprocess.run(
-        [sys.executable, "-m", "openmix.cli", *args], capture_output=True, text=True, env=env, timeout=timeout
-    )
 
 
 def test_a_misspelt_key_stops_the_grid_before_anything_runs(tmp_path):

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import TINY_ARGS, needs_fmnist
+from conftest import run_openmix as openmix
 from lightning.pytorch.callbacks import Callback
 
 from openmix.bench import load_grid
@@ -57,13 +58,6 @@ def write_grid(folder: Path, axes: dict | None = None, cluster: dict | None = No
     path = folder / "tiny.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
-
-
-def openmix(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}
-    return subprocess.run(
-        [sys.executable, "-m", "openmix.cli", *args], capture_output=True, text=True, env=env, timeout=timeout
-    )
 
 
 # ------------------------------------------------------------------------------------------------ the cluster section
