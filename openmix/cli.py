@@ -180,6 +180,16 @@ def bench_command(args: Sequence[str]) -> None:
     parser.add_argument(
         "--dry-run", action="store_true", help="print the commands of the unfinished runs and what they will cost"
     )
+    parser.add_argument(
+        "--probe",
+        type=int,
+        nargs="?",
+        const=5,  # openmix.bench.probe.DEFAULT_STEPS, without importing Lightning here
+        default=None,
+        metavar="STEPS",
+        help="with --dry-run: estimate the cost from STEPS (default 5) timed training steps of one short fit per "
+        "method on this machine (after 2 warm-up steps; startup not included)",
+    )
     parser.add_argument("--progress-every", type=float, default=10.0, help="seconds between progress lines")
     parser.add_argument(
         "--only", action="append", default=[], metavar="AXIS=LABEL[,LABEL]", help="run only these runs (repeatable)"
@@ -189,6 +199,10 @@ def bench_command(args: Sequence[str]) -> None:
     )
     _add_cluster_options(parser)
     options = parser.parse_args(args)
+    if options.probe is not None and not options.dry_run:
+        parser.error("--probe estimates what a grid will cost without running it: add --dry-run")
+    if options.probe is not None and options.probe < 1:
+        parser.error(f"--probe: the steps to time must be at least 1, got {options.probe}")
     only, overrides = {}, {}
     for text, target in [(t, only) for t in options.only] + [(t, overrides) for t in options.set]:
         if "=" not in text:
@@ -208,10 +222,19 @@ def bench_command(args: Sequence[str]) -> None:
         if options.executor is not None:
             from openmix.bench.jobs import submit_grid
 
-            submit_grid(grid, options.runs_dir, options.executor, cluster, options.dry_run, only, overrides)
+            submit_grid(
+                grid, options.runs_dir, options.executor, cluster, options.dry_run, only, overrides, options.probe
+            )
             return
         directories = run_grid(
-            grid, options.runs_dir, options.parallel, options.dry_run, options.progress_every, only, overrides
+            grid,
+            options.runs_dir,
+            options.parallel,
+            options.dry_run,
+            options.progress_every,
+            only,
+            overrides,
+            probe=options.probe,
         )
     except GridError as error:
         print(f"openmix bench: {error}", file=sys.stderr)

@@ -529,3 +529,49 @@ def test_a_run_saved_with_the_old_module_path_compares_equal() -> None:
         "data": {"class_path": "openmix.data.CIFAR10Data", "init_args": {"root": "x"}},
         "seed": 1,
     }
+
+
+# ------------------------------------------------------------------------------------ class-balanced training subset
+def test_balanced_subset_against_a_direct_draw() -> None:
+    from openmix.data.modules import balanced_subset
+
+    labels = np.random.default_rng(3).integers(0, 4, size=200)
+    keep = balanced_subset(labels, 7, seed=11)
+    rng = np.random.default_rng(11)  # the documented draw: classes in increasing order, one generator
+    expected = np.sort(np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:7] for c in range(4)]))
+    np.testing.assert_array_equal(keep, expected)
+    assert keep.dtype == np.int64 and np.bincount(labels[keep]).tolist() == [7, 7, 7, 7]
+    assert not np.array_equal(balanced_subset(labels, 7, seed=12), keep)
+    with pytest.raises(ValueError, match=r"class \d has \d+ samples, fewer than per_class=100"):
+        balanced_subset(labels, 100)
+
+
+def test_train_per_class_is_one_fixed_subset_whatever_the_run_seed(tmp_path: Path) -> None:
+    write_fashion_mnist(tmp_path, train_count=50)  # image i has value i and label i % 10: 5 per class
+    seen = []
+    for seed in (0, 1):
+        data = FashionMNISTData(root=str(tmp_path), augment=False, batch_size=6, seed=seed, train_per_class=3)
+        data.setup("fit")
+        x, y = all_batches(data.train_dataloader())
+        values = torch.round((x[:, 0, 0, 0] * 0.3530 + 0.2860) * 255).long()
+        assert torch.equal(y, values % 10)  # each image keeps its own label
+        assert np.bincount(y.numpy(), minlength=10).tolist() == [3] * 10
+        seen.append(sorted(values.tolist()))
+    assert seen[0] == seen[1]  # the run seed shuffles, the subset stays
+    other = FashionMNISTData(root=str(tmp_path), augment=False, batch_size=6, train_per_class=3, subset_seed=5)
+    other.setup("fit")
+    assert (
+        sorted(
+            torch.round((all_batches(other.train_dataloader())[0][:, 0, 0, 0] * 0.3530 + 0.2860) * 255).long().tolist()
+        )
+        != seen[0]
+    )
+    data.setup("validate")
+    assert len(data.val_set) == 20  # the held-out split is never subset
+    with pytest.raises(ValueError, match="train_per_class"):
+        FashionMNISTData(root=str(tmp_path), train_per_class=0)
+    with pytest.raises(TypeError, match="subset_seed"):
+        FashionMNISTData(root=str(tmp_path), subset_seed=1.5)
+    too_many = FashionMNISTData(root=str(tmp_path), train_per_class=6)
+    with pytest.raises(ValueError, match="fewer than per_class=6"):
+        too_many.setup("fit")

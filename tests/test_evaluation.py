@@ -232,6 +232,7 @@ def test_corruption_suite_is_deterministic_per_seed():
         ({"seed": -1}, ValueError, "seed"),
         ({"ood": 3}, TypeError, "ood must be"),
         ({"ood_limit": 0}, ValueError, "ood_limit"),
+        ({"corruption_every": 0}, ValueError, "corruption_every"),
         ({"ood_batch_size": 0}, ValueError, "ood_batch_size"),
         ({"mean": (0.5,)}, ValueError, "mean and std"),
         ({"mean": (0.5,), "std": (0.0,)}, ValueError, "std > 0"),
@@ -373,11 +374,16 @@ def quick_trainer(tmp_path: Path) -> L.Trainer:
     )
 
 
-def test_trainer_test_logs_every_metric_and_they_match_a_direct_computation(tmp_path):
+@pytest.mark.parametrize("every", [1, 3])
+def test_trainer_test_logs_every_metric_and_they_match_a_direct_computation(tmp_path, every):
     idx_images = np.random.default_rng(2).integers(0, 256, (40, 28, 28), dtype=np.uint8)
     write_idx(tmp_path / "ood-images-idx3-ubyte.gz", idx_images)
     evaluation = Evaluation(
-        severities=(1, 5), seed=3, ood=str(tmp_path / "ood-images-idx3-ubyte.gz"), ood_batch_size=16
+        severities=(1, 5),
+        seed=3,
+        ood=str(tmp_path / "ood-images-idx3-ubyte.gz"),
+        ood_batch_size=16,
+        corruption_every=every,
     )
     model = MixClassifier(**TINY, num_classes=4, in_chans=1, mixer=None, evaluation=evaluation)
     data = SmallData()
@@ -391,13 +397,17 @@ def test_trainer_test_logs_every_metric_and_they_match_a_direct_computation(tmp_
         suite = evaluation.corruption_suite()
         for corruption in evaluation.corruptions:  # each batch corrupted with its own seeded draws, then scored
             for severity in (1, 5):
-                correct = 0
+                correct = seen = 0
                 for batch_index, start in enumerate(range(0, 64, 16)):
+                    if batch_index % every:  # corruption_every: only batches 0, k, 2k, ...
+                        continue
                     pixels = quantise(data.x[start : start + 16] * 0.25 + 0.5)
                     corrupted = (suite(pixels, corruption, severity, batch_index) - 0.5) / 0.25
                     correct += int((model(corrupted).argmax(dim=1) == data.y[start : start + 16]).sum())
+                    seen += 16
+                assert seen == (64 if every == 1 else 32)
                 logged = read_logged(tmp_path, f"test/corruption/{corruption}/{severity}")
-                assert logged == pytest.approx(correct / 64, abs=1e-6), (corruption, severity)
+                assert logged == pytest.approx(correct / seen, abs=1e-6), (corruption, severity)
             severities = [read_logged(tmp_path, f"test/corruption/{corruption}/{s}") for s in (1, 5)]
             assert results[f"test/corruption/{corruption}"] == pytest.approx(statistics.fmean(severities), abs=1e-6)
         ood = (fit_images(idx_images, (1, 12, 12)).float() / 255 - 0.5) / 0.25

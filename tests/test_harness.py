@@ -215,3 +215,54 @@ def test_a_corrupt_run_record_is_named(tmp_path):
     result = openmix("bench", str(grid), "--runs-dir", str(tmp_path / "runs"))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"{folder / 'run.json'} is not valid JSON" in result.stderr
+
+
+def test_a_grid_test_step_must_be_a_flag_or_overrides(tmp_path):
+    from openmix.bench.grid import load_grid
+
+    grid = write_grid(tmp_path)
+    spec = yaml.safe_load(grid.read_text())
+    for value, expected in ((True, {}), (None, {}), (False, None), ({"trainer.precision": "64-true"}, None)):
+        (tmp_path / "t.yaml").write_text(yaml.safe_dump({**spec, "test": value}))
+        assert load_grid(tmp_path / "t.yaml").test == (expected if expected is not None or value is False else value)
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump({**spec, "test": ["x"]}))
+    with pytest.raises(ValueError, match="test must be true, false or a mapping"):
+        load_grid(tmp_path / "t.yaml")
+
+
+@needs_fmnist
+def test_a_grid_test_step_evaluates_each_run_once_and_resumes_alone(tmp_path, capsys):
+    from openmix.bench.grid import load_grid
+    from openmix.bench.runner import is_complete, run_grid
+
+    runs = tmp_path / "runs"
+    grid = write_grid(tmp_path)
+    spec = yaml.safe_load(grid.read_text())
+    spec["test"] = {
+        "model.init_args.evaluation.corruptions": ["gaussian_noise"],
+        "model.init_args.evaluation.severities": [1, 5],
+        "model.init_args.evaluation.ood_limit": 40,
+    }
+    grid.write_text(yaml.safe_dump(spec))
+    run_grid(load_grid(grid), runs, dry_run=True)
+    dry = capsys.readouterr().out
+    assert "openmix.cli fit" in dry and "openmix.cli test" in dry
+    assert "'--model.init_args.evaluation.severities=[1, 5]'" in dry
+    first = openmix("bench", str(grid), "--runs-dir", str(runs), "--last", "1")
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    folder = runs / "tiny" / "mixer=vanilla"
+    record = json.loads((folder / "run.json").read_text())
+    assert record["status"] == "done" and record["test"]["status"] == "done"
+    assert "mixer=vanilla: test done" in first.stdout
+    assert (folder / "test" / "version_0" / "metrics.csv").is_file()
+    table = (runs / "tiny" / "results.md").read_text()
+    assert "gaussian_noise" in table and "OOD AUROC, MSP" in table  # the report's evaluation table
+    assert is_complete(load_grid(grid), folder)  # a complete run is left alone
+    # a test that did not finish (the runner was killed during it): only the test runs again, not the fit
+    record.pop("test")
+    (folder / "run.json").write_text(json.dumps(record))
+    third = openmix("bench", str(grid), "--runs-dir", str(runs), "--last", "1")
+    assert third.returncode == 0, third.stdout[-3000:]
+    after = json.loads((folder / "run.json").read_text())
+    assert after["segments"] == record["segments"] and after["test"]["status"] == "done"
+    assert (folder / "test" / "version_1" / "metrics.csv").is_file()

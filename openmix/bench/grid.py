@@ -20,6 +20,8 @@ A grid file (YAML)::
     cluster:                          # what each run's job asks a scheduler for (optional; openmix.bench.cluster)
       partition: gpu
       time: "24:00:00"
+    test:                             # after each fit, `openmix test` of its last checkpoint (optional; true:
+      model.init_args.evaluation.ood_limit: 500   # the defaults; a mapping: dotted overrides of the test command)
 
 Runs are the product of the axes, named by their labels (``mixer=mixup,seed=0``).
 """
@@ -64,6 +66,7 @@ class Grid:
     baseline: dict[str, str]
     wandb: bool = False
     cluster: ClusterOptions = field(default_factory=ClusterOptions)
+    test: dict[str, Any] | None = None  # None: no test step; else the overrides of each run's `openmix test`
 
     def runs(self) -> list[Run]:
         """Every combination of the axes, in file order (the last axis varies fastest)."""
@@ -80,7 +83,7 @@ class Grid:
         return runs
 
 
-GRID_KEYS = ("name", "base", "args", "axes", "baseline", "wandb", "cluster")
+GRID_KEYS = ("name", "base", "args", "axes", "baseline", "wandb", "cluster", "test")
 
 
 def _as_list(value: Any) -> list[str]:
@@ -205,6 +208,13 @@ def load_grid(path: str | Path) -> Grid:
     if not isinstance(wandb, bool):
         raise ValueError(f"{path}: wandb must be true or false, got {_kind(wandb)}")
     cluster = cluster_options(spec.get("cluster"), f"{path}: ")
+    test = spec.get("test", False)
+    if test is True or test is None:  # `test:` with nothing under it reads as null: the defaults
+        test = {}
+    elif test is False:
+        test = None
+    elif not isinstance(test, dict) or not all(isinstance(key, str) for key in test):
+        raise ValueError(f"{path}: test must be true, false or a mapping of dotted config keys, got {_kind(test)}")
     return Grid(
         name=str(name),
         path=path,
@@ -214,4 +224,5 @@ def load_grid(path: str | Path) -> Grid:
         baseline=baseline,
         wandb=wandb,
         cluster=cluster,
+        test=None if test is None else dict(test),
     )

@@ -66,6 +66,7 @@ from openmix.bench.run_folder import (
     job_json_path,
     last_checkpoint_path,
     read_job_json,
+    read_run_json,
 )
 from openmix.bench.runner import (
     child_setup,
@@ -73,7 +74,9 @@ from openmix.bench.runner import (
     cost_lines,
     environment,
     execute,
+    execute_test,
     grid_directories,
+    is_complete,
     is_done,
     prepare_runs,
     write_grid_folder,
@@ -265,9 +268,11 @@ class RunJob(Checkpointable):
         owner = read_job_json(self.directory) or {}
         if owner.get("token") != self.token:
             return {"status": "superseded", "reason": f"{self.directory} belongs to job {owner.get('job_id')}"}
-        if is_done(self.directory):
-            return {"status": "done", "reason": "already done"}
         threads = int(os.environ.get("SLURM_CPUS_PER_TASK") or self.threads)
+        if is_done(self.directory):
+            if self.grid.test is None or job.global_rank > 0:
+                return {"status": "done", "reason": "already done"}
+            return self._test(threads)
         ignored = (signal.Signals[f"SIG{submitit.JobEnvironment.USR_SIG}"],)  # submitit's warning is ours to handle
         if job.global_rank > 0:  # another process of a multi-device run: Lightning's SLURM environment ranks it
             return self._follow(job.global_rank, threads, ignored)
@@ -280,7 +285,16 @@ class RunJob(Checkpointable):
             raise RuntimeError(
                 f"{self.run.name} failed: {record.get('reason', '?')} (see {self.directory / OUTPUT_LOG})"
             )
-        return record
+        return record if self.grid.test is None else self._test(threads)
+
+    def _test(self, threads: int) -> dict[str, Any]:
+        """The grid's ``test:`` step on rank 0, alone (:func:`~openmix.bench.runner.execute_test`)."""
+        test = execute_test(self.grid, self.directory, threads)
+        if test["status"] != "done":
+            raise RuntimeError(
+                f"{self.run.name}: test failed: {test.get('reason', '?')} (see {self.directory / OUTPUT_LOG})"
+            )
+        return {**(read_run_json(self.directory) or {}), "status": "done"}
 
     def _keep(self, process: subprocess.Popen) -> None:
         self._process = process
@@ -335,11 +349,14 @@ def submit_grid(
     dry_run: bool = False,
     only: dict[str, list[str]] | None = None,
     overrides: dict | None = None,
+    probe: int | None = None,
 ) -> list[Path]:
     """Submit every unfinished run of ``grid`` that no live job owns, as one job array, and return at once; the
     job ids go to each run folder's ``job.json``. ``cluster`` (the command line's options) overrides the grid
     file's ``cluster:`` section. With ``dry_run``, print the cost estimate and the sbatch script (or, locally, the
-    commands) instead. Returns the folders of the selected runs, finished ones included.
+    commands) instead; ``probe`` (steps, with ``dry_run`` only) adds an estimate from a short timed fit per method
+    on THIS machine (:func:`openmix.bench.probe.probe_grid`). Returns the folders of the selected runs, finished
+    ones included.
 
     Raises :class:`~openmix.bench.runner.GridError` before anything is submitted when a run cannot run (see
     :func:`~openmix.bench.runner.check_runs`), ``ValueError`` for options that do not fit the runs."""
@@ -353,7 +370,7 @@ def submit_grid(
         slurm_parameters(grid, options, resources)  # a missing time limit stops even a dry run
     grid_dir = Path(runs_dir) / grid.name
     with nullcontext() if dry_run else _submission_lock(grid_dir):
-        return _submit_unowned(grid, runs_dir, executor, options, resources, dry_run, runs, directories, configs)
+        return _submit_unowned(grid, runs_dir, executor, options, resources, dry_run, runs, directories, configs, probe)
 
 
 def _submit_unowned(
@@ -366,6 +383,7 @@ def _submit_unowned(
     runs: list[Run],
     directories: list[Path],
     configs: list[dict[str, Any]],
+    probe: int | None = None,
 ) -> list[Path]:
     """:func:`submit_grid` once it holds the grid's submission lock: what no live job and no live process owns is
     submitted."""
@@ -373,15 +391,15 @@ def _submit_unowned(
     for directory in directories:
         if directory not in owned and not is_done(directory) and folder_is_locked(directory):
             owned[directory] = f"{LOCK_FILE} is held by a live process (a fit still writing the run)"
-    todo = [(run, d, c) for run, d, c in zip(runs, directories, configs) if not is_done(d) and d not in owned]
-    done = sum(is_done(d) for d in directories)
+    todo = [(run, d, c) for run, d, c in zip(runs, directories, configs) if not is_complete(grid, d) and d not in owned]
+    done = sum(is_complete(grid, d) for d in directories)
     queued = f"{len(owned)} queued or running"
     print(f"grid {grid.name}: {len(runs)} runs, {done} already done, {queued}, {len(todo)} to submit")
     for directory, job in owned.items():
         print(f"  {directory.name}: {job}; not submitted again")
     grid_dir = Path(runs_dir) / grid.name
     if dry_run:
-        _print_plan(grid, options, resources, executor, todo, grid_dir)
+        _print_plan(grid, options, resources, executor, todo, grid_dir, probe)
         return directories
     if not todo:
         return directories
@@ -482,13 +500,37 @@ def _output_to(log: Path) -> Iterator[None]:
 
 
 def _print_plan(
-    grid: Grid, options: ClusterOptions, resources: Resources, executor: str, todo: list, grid_dir: Path
+    grid: Grid,
+    options: ClusterOptions,
+    resources: Resources,
+    executor: str,
+    todo: list,
+    grid_dir: Path,
+    probe: int | None = None,
 ) -> None:
-    """The dry run: the cost estimate, then the sbatch script and the run of each array task (or the commands)."""
+    """The dry run: the cost estimate, then the sbatch script and the run of each array task (or the commands).
+    ``probe``: also time that many steps of each method here (:func:`openmix.bench.probe.probe_grid`), the jobs
+    running ``array_parallelism`` at a time (SLURM; else all at once), with the CPU threads a job gets."""
     pending = [directory for _, directory, _ in todo]
     configs = [config for _, _, config in todo]
     devices = max(1, resources.gpus or resources.nodes * resources.tasks_per_node)
-    lines = cost_lines(pending, configs, grid_directories(grid, grid_dir.parent), devices)
+    probed = None
+    if probe is not None and todo:
+        from openmix.bench.probe import probe_grid
+
+        parallel = options.array_parallelism if executor == "slurm" else None
+        threads = options.cpus_per_task or max(1, (os.cpu_count() or 1) // len(todo))  # as _submit_unowned
+        probed = probe_grid(
+            grid,
+            [run for run, _, _ in todo],
+            pending,
+            configs,
+            probe,
+            parallel=parallel,
+            threads=threads,
+            devices_per_run=devices,
+        )
+    lines = cost_lines(pending, configs, grid_directories(grid, grid_dir.parent), devices, probe=probed)
     if executor == "slurm" and todo:
         requeues = DEFAULT_REQUEUES if options.max_requeues is None else options.max_requeues
         unit = f"{resources.gpus} GPU(s)" if resources.gpus else f"{resources.nodes} node(s)"

@@ -58,6 +58,7 @@ class RunResult:
     peak_rss_mb: float
     grid: str = ""  # the grid the run belongs to (run.json's "grid", else its parent folder's name)
     evaluation: dict[str, float] = field(default_factory=dict)  # read_evaluation's values, without the stage prefix
+    training: dict[str, dict[int, float]] = field(default_factory=dict)  # TRAINING_CURVES: epoch -> value
 
     def final(self, key: str) -> float:
         values = self.curves.get(key) or [math.nan]
@@ -107,6 +108,24 @@ def read_metrics(*paths: Path) -> tuple[list[int], dict[str, list[float]]]:
     epochs = sorted(e for e in per_epoch if "val/top1" in per_epoch[e])
     keys = sorted({key for e in epochs for key in per_epoch[e]})
     return epochs, {key: [per_epoch[e][key] for e in epochs if key in per_epoch[e]] for key in keys}
+
+
+TRAINING_CURVES = ("train/top1_epoch", "train/loss_epoch")  # logged every epoch, validated or not
+
+
+def read_training_curves(*paths: Path) -> dict[str, dict[int, float]]:
+    """The per-epoch training top-1 and loss (``epoch -> value`` per key of :data:`TRAINING_CURVES`) of Lightning
+    CSV logs, later files overriding earlier ones. A mixer's values are measured on the batches it trains on
+    (mixed; top-1 against the larger-weight label)."""
+    curves: dict[str, dict[int, float]] = {key: {} for key in TRAINING_CURVES}
+    for path in paths:
+        with open(path, newline="") as stream:
+            for row in csv.DictReader(stream):
+                if row.get("epoch"):
+                    for key in TRAINING_CURVES:
+                        if (value := _float(row.get(key, ""))) is not None:
+                            curves[key][int(float(row["epoch"]))] = value
+    return {key: values for key, values in curves.items() if values}
 
 
 # Evaluations of a run's checkpoint, in order of preference: (folder beside the run, prefix of its metrics).
@@ -171,8 +190,11 @@ def load_runs(runs_dir: str | Path, directories: list[Path] | None = None) -> li
         peak_memory = max([record["peak_rss_mb"], *(curves.get("train/peak_rss_mb") or [])])
         grid = str(record_path.parent.parent)  # a grid is its folder: two grids of one name in two runs-dirs differ
         evaluation = read_evaluation(record_path.parent, curves)
+        training = read_training_curves(*logs)
         results.append(
-            RunResult(record_path.parent.name, labels, epochs, curves, wall_time, peak_memory, grid, evaluation)
+            RunResult(
+                record_path.parent.name, labels, epochs, curves, wall_time, peak_memory, grid, evaluation, training
+            )
         )
     return results
 
@@ -354,20 +376,27 @@ def plot(results: list[RunResult], rows: list[dict], out_dir: Path) -> list[Path
     palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     colours = {row["method"]: palette[number % len(palette)] for number, row in enumerate(rows)}
     paths = [out_dir / "curves.png", out_dir / "top1_bars.png", out_dir / "top1_vs_cost.png"]
-    figure, axis = plt.subplots(figsize=(6, 4), layout="constrained")
+    training = any("train/top1_epoch" in run.training for run in results)
+    figure, axes = plt.subplots(1, 2 if training else 1, figsize=(11 if training else 6, 4), layout="constrained",
+                                squeeze=False)  # fmt: skip
     for method in methods:
         colour = colours.get(method.method)
         length = min(len(run.curves["val/top1"]) for run in method.runs)
         per_epoch = [[run.curves["val/top1"][e] * 100 for run in method.runs] for e in range(length)]
-        means = [statistics.fmean(v) for v in per_epoch]
-        stds = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in per_epoch]
-        epochs = list(range(1, length + 1))
-        axis.plot(epochs, means, marker="o", label=method.method, color=colour)
-        low, high = [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)]
-        axis.fill_between(epochs, low, high, alpha=0.2, color=colour)
-    axis.set(xlabel="epoch", ylabel="validation top-1 (%)", title="accuracy per epoch (mean ± std over seeds)")
-    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axis.legend(fontsize=8)
+        epochs = [epoch + 1 for epoch in method.runs[0].epochs[:length]]  # the validated epochs, counted from 1
+        _mean_band(axes[0, 0], epochs, per_epoch, method.method, colour)
+        if training:
+            common = sorted(set.intersection(*(set(run.training.get("train/top1_epoch", {})) for run in method.runs)))
+            values = [[run.training["train/top1_epoch"][e] * 100 for run in method.runs] for e in common]
+            _mean_band(axes[0, 1], [e + 1 for e in common], values, method.method, colour)
+    axes[0, 0].set(xlabel="epoch", ylabel="validation top-1 (%)", title="validation accuracy (mean ± std over seeds)")
+    if training:
+        title = "training accuracy on the batches trained on\n(mixed for a mixer: the larger-weight label)"
+        axes[0, 1].set(xlabel="epoch", ylabel="training top-1 (%)", title=title)
+    for axis in axes.flat:
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.title.set_fontsize(9)
+    axes[0, 0].legend(fontsize=7, ncol=2 if len(methods) > 8 else 1)
     figure.savefig(paths[0], dpi=120)
     plt.close(figure)
     figure, axis = plt.subplots(figsize=(6, 4), layout="constrained")
@@ -395,7 +424,49 @@ def plot(results: list[RunResult], rows: list[dict], out_dir: Path) -> list[Path
     if diagrams:
         paths.append(out_dir / "reliability.png")
         plot_reliability(diagrams, colours, paths[-1])
+    corruptions = sorted({k for r in results for k in r.evaluation if re.fullmatch(r"corruption/[^/]+", k)})
+    if corruptions:
+        paths.append(out_dir / "corruptions.png")
+        plot_corruptions(methods, corruptions, colours, paths[-1])
     return paths
+
+
+def _mean_band(axis: Any, epochs: list[int], per_epoch: list[list[float]], label: str, colour: Any) -> None:
+    """A method's mean over seeds per epoch, with a band of one standard deviation."""
+    means = [statistics.fmean(v) for v in per_epoch]
+    stds = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in per_epoch]
+    axis.plot(epochs, means, marker="o", markersize=3, label=label, color=colour)
+    axis.fill_between(epochs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)], alpha=0.2,
+                      color=colour)  # fmt: skip
+
+
+def plot_corruptions(methods: list[MethodSummary], corruptions: list[str], colours: dict, path: Path) -> None:
+    """Per corruption (mean over its severities), each method's top-1 under it as a bar (mean over seeds, error
+    bar: std), beside its clean top-1."""
+    import matplotlib.pyplot as plt
+
+    groups = ["clean", *(key.removeprefix("corruption/") for key in corruptions)]
+    width = 0.8 / max(1, len(methods))
+    figure, axis = plt.subplots(figsize=(min(16.0, max(6.0, 0.12 * len(groups) * len(methods))), 4),
+                                layout="constrained")  # fmt: skip
+    for number, method in enumerate(methods):
+        means, stds = [], []
+        for key in ["top1", *corruptions]:
+            if key == "top1":  # the test's own top-1 when it has one, else the last validation's
+                values = [run.evaluation.get("top1", run.final("val/top1")) * 100 for run in method.runs]
+            else:
+                values = [run.evaluation.get(key, math.nan) * 100 for run in method.runs]
+            mean, std = mean_std(values)
+            means.append(mean)
+            stds.append(std)
+        positions = [g + (number - (len(methods) - 1) / 2) * width for g in range(len(groups))]
+        axis.bar(positions, means, width=width, yerr=stds, capsize=1, label=method.method,
+                 color=colours.get(method.method))  # fmt: skip
+    axis.set_xticks(range(len(groups)), groups)
+    axis.set(ylabel="top-1 (%)", ylim=(0, 100), title="top-1 under each corruption (mean over severities and seeds)")
+    axis.legend(fontsize=6, ncol=max(1, math.ceil(len(methods) / 8)), loc="lower left")
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
 
 
 def pooled_reliability(runs: list[RunResult]) -> tuple[list[float], list[float], list[float]] | None:

@@ -12,7 +12,9 @@ The names of the files that :mod:`openmix.bench.runner`, :mod:`openmix.bench.rep
 - ``output.log`` (:data:`OUTPUT_LOG`): the output of the runner's processes;
 - ``job.json`` (:data:`JOB_JSON`): the scheduler job that owns the run, when it was submitted as a job
   (:mod:`openmix.bench.jobs`, :func:`read_job_json`);
-- ``run.lock`` (:data:`LOCK_FILE`): the writer's lock, below.
+- ``run.lock`` (:data:`LOCK_FILE`): the writer's lock, below;
+- ``test/version_N/metrics.csv`` (:data:`TEST_FOLDER`): the logs of ``openmix test`` of the run's checkpoint (the
+  grid's ``test:`` step, recorded under ``test`` in ``run.json``, or a user's own).
 
 A grid's folder holds its run folders, ``environment.json`` (:data:`ENVIRONMENT_FILE`) and, when its runs were
 submitted as jobs, the launcher's job files and logs in ``jobs/`` (:data:`JOBS_DIR`); ``openmix fit`` without
@@ -42,6 +44,7 @@ CHECKPOINTS_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
 ENVIRONMENT_FILE = "environment.json"  # in a grid's folder
 JOB_JSON = "job.json"
+TEST_FOLDER = "test"  # in a run folder: the CSV logs of `openmix test`, test/version_N/metrics.csv
 JOBS_DIR = "jobs"  # in a grid's folder: submitit's pickles and the jobs' logs
 VERSION_PATTERN = re.compile(r"version_(\d+)")  # the run folders of `openmix fit`: version_0, version_1, ...
 

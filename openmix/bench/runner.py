@@ -45,6 +45,8 @@ from openmix.bench.grid import Grid, Run
 from openmix.bench.run_folder import (
     ENVIRONMENT_FILE,
     OUTPUT_LOG,
+    TEST_FOLDER,
+    VERSION_PATTERN,
     checkpoints_dir,
     config_path,
     folder_is_locked,
@@ -64,6 +66,17 @@ def is_done(directory: Path) -> bool:
     """Whether the run's ``run.json`` says ``done`` (a corrupt one raises ``ValueError`` naming it)."""
     record = read_run_json(directory)
     return record is not None and record.get("status") == "done"
+
+
+def test_is_done(directory: Path) -> bool:
+    """Whether the run's ``run.json`` records a finished ``openmix test`` step (a grid's ``test:``)."""
+    record = read_run_json(directory)
+    return record is not None and (record.get("test") or {}).get("status") == "done"
+
+
+def is_complete(grid: Grid, directory: Path) -> bool:
+    """Whether nothing is left of a run: its fit is done and, when the grid has a ``test:`` step, its test too."""
+    return is_done(directory) and (grid.test is None or test_is_done(directory))
 
 
 def _value(value: Any) -> str:
@@ -111,6 +124,35 @@ def command(grid: Grid, run: Run, directory: Path) -> list[str]:
     last = last_checkpoint_path(directory)
     if last.is_file():
         args.append(f"--ckpt_path={last}")
+    return args
+
+
+def test_command(grid: Grid, directory: Path) -> list[str]:
+    """The ``openmix test`` command of a finished run: its saved config and ``last.ckpt`` (the final model, which
+    the report's tables describe), one device, a CSV log in ``<run>/test/version_N/`` (where
+    :func:`openmix.bench.report.read_evaluation` reads it), then the grid's ``test:`` overrides."""
+    tests = directory / TEST_FOLDER
+    versions = (
+        [int(m.group(1)) for e in tests.iterdir() if (m := VERSION_PATTERN.fullmatch(e.name))] if tests.is_dir() else []
+    )
+    version = max(versions, default=-1) + 1  # the next free version_N (the saved config's logger has version "")
+    logger = [
+        {
+            "class_path": "lightning.pytorch.loggers.CSVLogger",
+            "init_args": {"save_dir": str(directory), "name": TEST_FOLDER, "version": f"version_{version}"},
+        }
+    ]
+    args = [sys.executable, "-m", "openmix.cli", "test", "--config", str(config_path(directory))]
+    args += [
+        f"--ckpt_path={last_checkpoint_path(directory)}",
+        f"--trainer.logger={json.dumps(logger)}",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.devices=1",
+        "--trainer.num_nodes=1",
+        "--trainer.strategy=auto",
+    ]
+    for key, value in (grid.test or {}).items():
+        args.append(f"--{key}={_value(value)}")
     return args
 
 
@@ -364,6 +406,37 @@ def execute(
     return record
 
 
+def execute_test(grid: Grid, directory: Path, threads: int) -> dict[str, Any]:
+    """Run a finished run's ``openmix test`` (:func:`test_command`) to its end; record it under ``test`` in
+    ``run.json`` (status, return code, wall time, command) and return that record. The process runs alone, on one
+    device: the variables of a scheduler's job (``SLURM_*``) are not passed on, so that Lightning does not wait for
+    the job's other tasks."""
+    args = test_command(grid, directory)
+    env = {key: value for key, value in os.environ.items() if not key.startswith("SLURM_")}
+    env.update(OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
+    start = time.perf_counter()
+    with open(directory / OUTPUT_LOG, "a") as log:
+        log.write(f"\n[openmix bench] test: {' '.join(args)}\n")
+        log.flush()
+        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent)
+        returncode = process.wait()
+    test = {
+        "status": "done" if returncode == 0 else "failed",
+        "returncode": returncode,
+        "wall_time_s": time.perf_counter() - start,
+        "command": args,
+    }
+    if returncode != 0:
+        test["reason"] = exit_reason(returncode, directory / OUTPUT_LOG)
+    record = read_run_json(directory) or {}
+    record["test"] = test
+    path = run_json_path(directory)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    partial.write_text(json.dumps(record, indent=2))
+    os.replace(partial, path)
+    return test
+
+
 def environment(parallel: int) -> dict[str, Any]:
     """What a reader needs to reproduce a grid: versions, processor, threads, command line, date."""
     import platform
@@ -495,11 +568,16 @@ def seconds_per_epoch(directories: list[Path]) -> tuple[float, int] | None:
 
 
 def cost_lines(
-    pending: list[Path], configs: list[dict[str, Any]], measured_on: list[Path], devices_per_run: int = 1
+    pending: list[Path],
+    configs: list[dict[str, Any]],
+    measured_on: list[Path],
+    devices_per_run: int = 1,
+    probe: list[str] | None = None,
 ) -> list[str]:
     """What the ``pending`` runs will cost: their epochs left, and the time those take at the mean pace of the
     finished runs among ``measured_on`` (every method alike: a rough figure), in device-hours for runs of
-    ``devices_per_run`` devices."""
+    ``devices_per_run`` devices. ``probe``: the lines of a timed probe (:func:`openmix.bench.probe.probe_grid`),
+    added at the end; with them, no advice to finish a run first."""
     epochs = [epochs_to_train(directory, config) for directory, config in zip(pending, configs)]
     known = [count for count in epochs if count is not None]
     line = f"cost: {len(pending)} run(s) to go, {sum(known)} epochs left in all"
@@ -510,15 +588,18 @@ def cost_lines(
         return lines
     measured = seconds_per_epoch(measured_on)
     if measured is None:
-        lines.append("  no finished run of this grid to time an epoch yet: run one first (--only) to estimate the time")
-        return lines
+        if probe is None:
+            lines.append(
+                "  no finished run of this grid to time an epoch yet: run one first (--only) to estimate the time"
+            )
+        return lines + (probe or [])
     rate, count = measured
     hours = sum(known) * rate / 3600
     line = f"  at {rate:.1f} s per epoch (the mean of {count} finished run(s) of this grid): about {hours:.1f} hours"
     if devices_per_run > 1:
         line += f" x {devices_per_run} devices = {hours * devices_per_run:.1f} device-hours"
     lines.append(line)
-    return lines
+    return lines + (probe or [])
 
 
 def run_grid(
@@ -529,22 +610,29 @@ def run_grid(
     progress_every: float = 10.0,
     only: dict[str, list[str]] | None = None,
     overrides: dict | None = None,
+    probe: int | None = None,
 ) -> list[Path]:
     """Run every unfinished run of ``grid`` (or of the runs :func:`select_runs` keeps with ``only`` and
     ``overrides``); returns their folders (finished ones included). The grid folder also gets a copy of the grid
     file and ``environment.json`` (updated at every start).
+
+    With ``dry_run``, print the commands and the cost instead; ``probe`` (steps, with ``dry_run`` only) adds an
+    estimate from that many timed training steps of one short ``fit`` per method on this machine
+    (:func:`openmix.bench.probe.probe_grid`).
 
     Raises :class:`GridError` before anything runs when a run's arguments do not parse, or when a run folder holds a
     run of a different configuration. While runs are in flight, their finished epochs are printed (at most every
     ``progress_every`` seconds)."""
     if parallel < 1:
         raise ValueError(f"parallel must be >= 1, got {parallel}")
+    if probe is not None and not dry_run:
+        raise ValueError("probe times a dry run's estimate: it needs dry_run (--probe needs --dry-run)")
     runs, directories, configs = prepare_runs(grid, runs_dir, only, overrides)
     if not dry_run:
         write_grid_folder(grid, runs_dir, environment(parallel))
     owned = jobs_owning(directories)
-    pending = [(run, d) for run, d in zip(runs, directories) if not is_done(d) and d not in owned]
-    done = sum(is_done(d) for d in directories)
+    pending = [(run, d) for run, d in zip(runs, directories) if not is_complete(grid, d) and d not in owned]
+    done = sum(is_complete(grid, d) for d in directories)
     queued = f", {len(owned)} owned by scheduler jobs" if owned else ""
     print(f"grid {grid.name}: {len(runs)} runs, {done} already done{queued}, {len(pending)} to run")
     for directory, job in owned.items():
@@ -553,13 +641,30 @@ def run_grid(
         import shlex
 
         for run, directory in pending:
-            print(shlex.join(command(grid, run, directory)))
+            if not is_done(directory):
+                print(shlex.join(command(grid, run, directory)))
+            if grid.test is not None:
+                print(shlex.join(test_command(grid, directory)))
         chosen = {d: config for d, config in zip(directories, configs)}
-        print(
-            "\n".join(
-                cost_lines([d for _, d in pending], [chosen[d] for _, d in pending], grid_directories(grid, runs_dir))
+        probed = None
+        if probe is not None and pending:
+            from openmix.bench.probe import probe_grid
+
+            threads = max(1, (os.cpu_count() or 1) // parallel)  # as each run gets them below
+            probed = probe_grid(
+                grid,
+                [run for run, _ in pending],
+                [d for _, d in pending],
+                [chosen[d] for _, d in pending],
+                probe,
+                parallel=parallel,
+                threads=threads,
             )
+        pending_dirs = [d for _, d in pending]
+        lines = cost_lines(
+            pending_dirs, [chosen[d] for d in pending_dirs], grid_directories(grid, runs_dir), probe=probed
         )
+        print("\n".join(lines))
         return directories
     threads = max(1, (os.cpu_count() or 1) // parallel)
     lock = threading.Lock()
@@ -570,16 +675,29 @@ def run_grid(
         run, directory = item
         with lock:
             in_flight[run.name] = directory
-        record = execute(grid, run, directory, threads)
+        if is_done(directory):  # only the test step is left
+            record = {**(read_run_json(directory) or {}), "status": "done"}
+        else:
+            record = execute(grid, run, directory, threads)
+            with lock:
+                status = record["status"]
+                line = f"  {run.name}: {status}"
+                if "wall_time_s" in record:
+                    line += f" in {record['segments'][-1]['wall_time_s']:.0f} s"
+                if status != "done":
+                    line += f": {record.get('reason', '?')}\n    see {directory / OUTPUT_LOG}"
+                print(line, flush=True)
+        if record["status"] == "done" and grid.test is not None:
+            test = execute_test(grid, directory, threads)
+            if test["status"] != "done":
+                record = {**record, "status": "failed", "reason": f"test: {test.get('reason', '?')}"}
+            with lock:
+                line = f"  {run.name}: test {test['status']} in {test['wall_time_s']:.0f} s"
+                if test["status"] != "done":
+                    line += f": {test.get('reason', '?')}\n    see {directory / OUTPUT_LOG}"
+                print(line, flush=True)
         with lock:
             in_flight.pop(run.name, None)
-            status = record["status"]
-            line = f"  {run.name}: {status}"
-            if "wall_time_s" in record:
-                line += f" in {record['segments'][-1]['wall_time_s']:.0f} s"
-            if status != "done":
-                line += f": {record.get('reason', '?')}\n    see {directory / OUTPUT_LOG}"
-            print(line, flush=True)
         return record
 
     def report_progress() -> None:

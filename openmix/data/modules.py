@@ -237,6 +237,11 @@ class InMemoryClassificationData(ClassificationData):
         padding_mode: how the random crop fills its padded border (see :data:`PADDING_MODES`); ``None``: the
             dataset's recipe, ``PADDING_MODE`` (``"reflect"`` for CIFAR-100, ``"constant"`` for CIFAR-10 and
             Fashion-MNIST).
+        train_per_class: train on a fixed class-balanced subset, this many samples of every class (``None``: the
+            whole training split; ``limit_train`` applies first). The subset is drawn by ``subset_seed`` alone, so
+            runs with different ``seed`` train on the same images (a low-data regime, see
+            :func:`balanced_subset`); a class with fewer samples is a ``ValueError``.
+        subset_seed: seed of the subset's draw, an int in [0, 2**63 - 1].
         **kwargs: the loader options of :class:`ClassificationData` (batch_size, num_workers, ...).
     """
 
@@ -251,9 +256,13 @@ class InMemoryClassificationData(ClassificationData):
         root: str,
         download: bool = False,
         padding_mode: Literal["constant", "edge", "reflect", "symmetric"] | None = None,
+        train_per_class: int | None = None,
+        subset_seed: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.train_per_class = _check_int(train_per_class, "train_per_class", 1, allow_none=True)
+        self.subset_seed = check_seed(subset_seed, "subset_seed")
         self.root, self.download = root, download
         self.padding_mode = check_padding_mode(self.PADDING_MODE if padding_mode is None else padding_mode)
 
@@ -278,10 +287,14 @@ class InMemoryClassificationData(ClassificationData):
     def build_dataset(self, train: bool, limit: int | None) -> ArrayImageDataset:
         """The split as an :class:`ArrayImageDataset`; crop + flip on the training split when ``augment``."""
         images, labels = self.load_arrays(train)
+        images, labels = images[:limit], labels[:limit]
+        if train and self.train_per_class is not None:
+            keep = balanced_subset(labels, self.train_per_class, self.subset_seed)
+            images, labels = images[keep], labels[keep]
         augment = "crop_flip" if train and self.augment else "none"
         return ArrayImageDataset(
-            images[:limit],
-            labels[:limit],
+            images,
+            labels,
             self.MEAN,
             self.STD,
             augment=augment,
@@ -383,6 +396,37 @@ class CIFAR100Data(CIFARData):
     MEAN, STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
     PADDING_MODE = "reflect"  # OpenMixup configs/classification/_base_/datasets/cifar100/sz32_bs100.py, line 7
     TORCHVISION_CLASS = datasets.CIFAR100
+
+
+def balanced_subset(labels: np.ndarray, per_class: int, seed: int = 0) -> np.ndarray:
+    """Indices of a class-balanced subset: ``per_class`` samples of every class present in ``labels``.
+
+    Each class's indices are permuted by one NumPy generator seeded with ``seed`` (classes in increasing order) and
+    the first ``per_class`` are kept; the result is sorted, so the subset keeps the split's order.
+
+    Args:
+        labels: (N,) integer class ids.
+        per_class: samples to keep of each class, >= 1.
+        seed: seed of the draw.
+
+    Returns:
+        (C * per_class,) int64 indices into ``labels``, increasing.
+
+    Raises:
+        ValueError: a class has fewer than ``per_class`` samples (named with its count).
+    """
+    labels = np.asarray(labels)
+    per_class = _check_int(per_class, "per_class", 1)
+    rng = np.random.default_rng(seed)
+    keep = []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        if members.size < per_class:
+            raise ValueError(
+                f"class {int(label)} has {members.size} samples, fewer than per_class={per_class} (train_per_class)"
+            )
+        keep.append(rng.permutation(members)[:per_class])
+    return np.sort(np.concatenate(keep)).astype(np.int64)
 
 
 def _few(names: Sequence[str], count: int = 10) -> str:

@@ -386,7 +386,12 @@ def resolve_config(args: Sequence[str]) -> dict[str, Any]:
 
 def without_location_keys(config: dict[str, Any]) -> dict[str, Any]:
     """``config`` (a plain nested dict) with the :data:`LOCATION_KEYS` removed, in place; returns it."""
-    for key in LOCATION_KEYS:
+    return without_keys(config, LOCATION_KEYS)
+
+
+def without_keys(config: dict[str, Any], keys: Sequence[str]) -> dict[str, Any]:
+    """``config`` (a plain nested dict) without the dotted ``keys`` (``trainer.logger``), in place; returns it."""
+    for key in keys:
         *parents, last = key.split(".")
         node = config
         for part in parents:
