@@ -197,6 +197,9 @@ def test_the_estimate_is_epochs_times_batches_times_the_probed_pace():
     evaluation = evaluation_of_test_step(PROBE["evaluation"], {"model.init_args.evaluation.severities": [1, 5]})
     assert evaluation.corruptions == ("gaussian_noise", "contrast") and evaluation.severities == (1, 5)
     assert seconds_of_test_step(PROBE, {}, evaluation, 100) == pytest.approx((1 + 2 * 2) * 20 * 0.05 + 100 * 0.05 / 32)
+    every = evaluation_of_test_step(PROBE["evaluation"], {"model.init_args.evaluation.corruption_every": 3})
+    # 20 batches: the corrupted ones are 0, 3, ..., 18 (7 of them), for each of 2 corruptions x 5 severities
+    assert seconds_of_test_step(PROBE, {}, every, 0) == pytest.approx((20 + 2 * 5 * 7) * 0.05)
     assert evaluation_of_test_step(PROBE["evaluation"], {"model.init_args.evaluation": None}) is None
     assert seconds_of_test_step(PROBE, {"limit_test_batches": 4}, None, 0) == pytest.approx(4 * 0.05)
 

@@ -9,7 +9,8 @@ each batch. From its record (:func:`read_probe`), a run's cost is (:func:`fit_se
 
     epochs left x train batches x s/step
     + validation passes in those epochs x validation batches x s/validation batch
-    + (grid test: step) one validation pass x (1 + corruptions x severities) + OOD images at the validation rate
+    + (grid test: step) one validation pass x (1 + corruptions x severities / corruption_every)
+      + OOD images at the validation rate
 
 What is not in it: the start of each process (imports, reading the data, building the model), the checkpoints,
 the sanity check, the corruption transforms themselves and the learning-rate schedule's effect on speed (none);
@@ -435,13 +436,15 @@ def ood_images(evaluation: Any) -> int | None:
 def seconds_of_test_step(probe: dict[str, Any], trainer: dict[str, Any], evaluation: Any, ood: int | None) -> float:
     """Seconds of a grid's ``openmix test`` step, roughly: one pass over the held-out split on one device (the
     validation batches x ``world_size``, under ``limit_test_batches``) for the clean images and one more per
-    corruption x severity of ``evaluation``, at the probe's s/validation batch; plus ``ood`` images at the
+    corruption x severity of ``evaluation`` over every ``corruption_every``-th batch, at the probe's s/validation
+    batch; plus ``ood`` images at the
     validation rate per image (``None``: as many as a pass over the held-out split). 0 without a validation timing."""
     if probe.get("val_batch_s") is None or not probe.get("val_batches"):
         return 0.0
     batches = limited(int(probe["val_batches"]) * int(probe.get("world_size") or 1), trainer.get("limit_test_batches"))
-    passes = 1 + (len(evaluation.corruptions) * len(evaluation.severities) if evaluation is not None else 0)
-    seconds = passes * batches * float(probe["val_batch_s"])
+    cases = len(evaluation.corruptions) * len(evaluation.severities) if evaluation is not None else 0
+    corrupted = -(-batches // evaluation.corruption_every) if evaluation is not None else 0  # batches 0, k, 2k, ...
+    seconds = (batches + cases * corrupted) * float(probe["val_batch_s"])
     per_image = float(probe["val_batch_s"]) / max(1, int(probe.get("val_batch_size") or 1))
     if ood is None:
         ood = batches * int(probe.get("val_batch_size") or 1)
@@ -621,8 +624,9 @@ def probe_grid(
     lines += problems
     if grid.test is not None:
         lines.append(
-            "  est. per run includes the test step: one validation pass x (1 + corruptions x severities) and the OOD "
-            "images at the validation pace (the corruption transforms themselves are not timed)"
+            "  est. per run includes the test step: one validation pass x (1 + corruptions x severities / "
+            "corruption_every) and the OOD images at the validation pace (the corruption transforms themselves are "
+            "not timed)"
         )
     if uncounted:
         lines.append(f"  {uncounted} run(s) without a max_epochs not estimated")
