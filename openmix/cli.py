@@ -170,7 +170,7 @@ def bench_command(args: Sequence[str]) -> None:
     import yaml
 
     from openmix.bench import load_grid, report, run_grid
-    from openmix.bench.runner import GridError, is_done
+    from openmix.bench.runner import GridError, is_complete
 
     parser = argparse.ArgumentParser(prog="openmix bench", description="Run a benchmark grid (resumable).")
     parser.add_argument("grid", help="grid YAML file")
@@ -188,7 +188,8 @@ def bench_command(args: Sequence[str]) -> None:
         default=None,
         metavar="STEPS",
         help="with --dry-run: estimate the cost from STEPS (default 5) timed training steps of one short fit per "
-        "method on this machine (after 2 warm-up steps; startup not included)",
+        "method on this machine (after 2 warm-up steps; startup not included); give the grid file first, since a "
+        "word after --probe is read as STEPS",
     )
     parser.add_argument("--progress-every", type=float, default=10.0, help="seconds between progress lines")
     parser.add_argument(
@@ -203,6 +204,8 @@ def bench_command(args: Sequence[str]) -> None:
         parser.error("--probe estimates what a grid will cost without running it: add --dry-run")
     if options.probe is not None and options.probe < 1:
         parser.error(f"--probe: the steps to time must be at least 1, got {options.probe}")
+    if options.status and (options.dry_run or options.probe is not None):
+        parser.error("--status shows where the runs stand; it does not go with --dry-run or --probe")
     only, overrides = {}, {}
     for text, target in [(t, only) for t in options.only] + [(t, overrides) for t in options.set]:
         if "=" not in text:
@@ -241,7 +244,7 @@ def bench_command(args: Sequence[str]) -> None:
         raise SystemExit(2) from None
     if options.dry_run:
         return
-    unfinished = [d for d in directories if not is_done(d)]
+    unfinished = [d for d in directories if not is_complete(grid, d)]  # a failed test step counts too
     grid_dir = Path(options.runs_dir) / grid.name
     if len(unfinished) < len(directories):
         print(report(grid_dir, last=options.last, baseline=grid.baseline, directories=directories))

@@ -288,3 +288,24 @@ def test_runner_records_every_process_of_a_run(tmp_path, monkeypatch):
     assert second["wall_time_s"] == pytest.approx(sum(s["wall_time_s"] for s in second["segments"]))
     assert second["wall_time_s"] >= 0.4
     assert second["peak_rss_mb"] == max(s["peak_rss_mb"] for s in second["segments"])
+
+
+def test_training_statistics_come_from_every_epoch_validated_or_not(tmp_path):
+    """With check_val_every_n_epoch > 1 the images/s of every epoch count, and the wall time is the last epoch's."""
+    folder = tmp_path / "mixer=a"
+    folder.mkdir()
+    lines = ["epoch,step,val/top1,train/images_per_sec,train/wall_time_s,train/top1_epoch"]
+    for epoch in range(4):
+        lines.append(f"{epoch},{epoch * 10 + 9},,{100.0 + 10 * epoch},{5.0 * (epoch + 1)},{0.5 + 0.1 * epoch}")
+        if epoch % 2 == 1:  # validated at epochs 1 and 3 only
+            lines.append(f"{epoch},{epoch * 10 + 9},{0.6 + 0.1 * epoch},,,")
+    (folder / "metrics.csv").write_text("\n".join(lines) + "\n")
+    epochs, curves = read_metrics(folder / "metrics.csv")
+    assert epochs == [1, 3] and curves["val/top1"] == pytest.approx([0.7, 0.9])
+    assert curves["train/images_per_sec"] == [100.0, 110.0, 120.0, 130.0]
+    assert curves["train/wall_time_s"][-1] == 20.0
+    from openmix.bench.report import read_training_curves
+
+    assert read_training_curves(folder / "metrics.csv")["train/top1_epoch"] == pytest.approx(
+        {0: 0.5, 1: 0.6, 2: 0.7, 3: 0.8}
+    )

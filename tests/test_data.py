@@ -575,3 +575,14 @@ def test_train_per_class_is_one_fixed_subset_whatever_the_run_seed(tmp_path: Pat
     too_many = FashionMNISTData(root=str(tmp_path), train_per_class=6)
     with pytest.raises(ValueError, match="fewer than per_class=6"):
         too_many.setup("fit")
+
+
+def test_train_per_class_refuses_a_class_that_limit_train_left_out(tmp_path: Path) -> None:
+    from openmix.data.modules import balanced_subset
+
+    with pytest.raises(ValueError, match="class 3 has 0 samples"):
+        balanced_subset(np.array([0, 1, 2, 0, 1, 2]), 1, num_classes=4)
+    write_fashion_mnist(tmp_path, train_count=50)
+    data = FashionMNISTData(root=str(tmp_path), train_per_class=1, limit_train=5)  # labels 0-4 only
+    with pytest.raises(ValueError, match="class 5 has 0 samples, fewer than per_class=1"):
+        data.setup("fit")

@@ -266,3 +266,59 @@ def test_a_grid_test_step_evaluates_each_run_once_and_resumes_alone(tmp_path, ca
     after = json.loads((folder / "run.json").read_text())
     assert after["segments"] == record["segments"] and after["test"]["status"] == "done"
     assert (folder / "test" / "version_1" / "metrics.csv").is_file()
+
+
+def test_a_bad_test_step_stops_the_grid_before_anything_runs(tmp_path):
+    from openmix.bench.grid import load_grid
+    from openmix.bench.runner import GridError, run_grid
+
+    grid = write_grid(tmp_path)
+    spec = yaml.safe_load(grid.read_text())
+    for test, pattern in (
+        ({"model.init_args.evaluation.corruption_evry": 2}, "test step's overrides are not a valid configuration"),
+        ({"model.init_args.evaluation.corruption_every": 0}, "corruption_every must be an int >= 1"),
+        ({"model.init_args.evaluation.ood": str(tmp_path / "missing")}, "the OOD set .*missing does not exist"),
+    ):
+        grid.write_text(yaml.safe_dump({**spec, "test": test}))
+        with pytest.raises(GridError, match=pattern):
+            run_grid(load_grid(grid), tmp_path / "runs")
+        assert not (tmp_path / "runs" / "tiny" / "mixer=vanilla").exists(), "nothing may start"
+
+
+def test_a_run_is_complete_only_with_its_test_step_and_status_says_why(tmp_path):
+    from openmix.bench.grid import load_grid
+    from openmix.bench.runner import execute_test, is_complete, run_directory
+    from openmix.bench.status import grid_status
+
+    path = write_grid(tmp_path)
+    spec = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**spec, "test": {"model.init_args.evaluation.severities": [1]}}))
+    grid = load_grid(path)
+    folder = run_directory(tmp_path / "runs", grid, grid.runs()[0])
+    folder.mkdir(parents=True)
+    (folder / "metrics.csv").write_text("epoch,step,val/top1\n0,3,0.5\n")
+    record = {"status": "done", "labels": {"mixer": "vanilla"}, "wall_time_s": 1.0, "peak_rss_mb": 1.0}
+
+    def state(test: dict | None) -> tuple[bool, str, str]:
+        (folder / "run.json").write_text(json.dumps({**record, **({"test": test} if test else {})}))
+        status = grid_status(grid, tmp_path / "runs")[0]
+        return is_complete(grid, folder), status.state, status.detail
+
+    assert state(None) == (False, "not submitted", "fit done; its test step has not run")
+    assert state({"status": "failed", "reason": "FileNotFoundError: x"}) == (
+        False,
+        "failed",
+        "fit done; test: FileNotFoundError: x",
+    )
+    other = {"status": "done", "overrides": {"model.init_args.evaluation.severities": [1, 5]}}
+    assert state(other)[:2] == (False, "not submitted")  # run with other test: options, so run again
+    assert state({"status": "done", "overrides": grid.test})[:2] == (True, "done")
+    # one writer per run folder: a test does not start while another process holds the folder
+    (folder / "run.json").write_text(json.dumps(record))
+    holder = lock_folder(folder)
+    try:
+        assert state(None)[1:] == ("running", "fit done; its test step is running")
+        assert execute_test(grid, folder, threads=1)["status"] == "busy"
+    finally:
+        holder.close()
+    assert "test" not in json.loads((folder / "run.json").read_text())

@@ -79,6 +79,7 @@ from openmix.bench.runner import (
     is_complete,
     is_done,
     prepare_runs,
+    test_command,
     write_grid_folder,
 )
 from openmix.bench.status import live_jobs
@@ -288,7 +289,8 @@ class RunJob(Checkpointable):
         return record if self.grid.test is None else self._test(threads)
 
     def _test(self, threads: int) -> dict[str, Any]:
-        """The grid's ``test:`` step on rank 0, alone (:func:`~openmix.bench.runner.execute_test`)."""
+        """The grid's ``test:`` step on rank 0, alone (:func:`~openmix.bench.runner.execute_test`); a folder that
+        another process holds is an error, as for the fit."""
         test = execute_test(self.grid, self.directory, threads)
         if test["status"] != "done":
             raise RuntimeError(
@@ -387,10 +389,10 @@ def _submit_unowned(
 ) -> list[Path]:
     """:func:`submit_grid` once it holds the grid's submission lock: what no live job and no live process owns is
     submitted."""
-    owned = live_jobs(directories)
+    owned = live_jobs(directories, grid)
     for directory in directories:
-        if directory not in owned and not is_done(directory) and folder_is_locked(directory):
-            owned[directory] = f"{LOCK_FILE} is held by a live process (a fit still writing the run)"
+        if directory not in owned and not is_complete(grid, directory) and folder_is_locked(directory):
+            owned[directory] = f"{LOCK_FILE} is held by a live process (a fit or its test still writing the run)"
     todo = [(run, d, c) for run, d, c in zip(runs, directories, configs) if not is_complete(grid, d) and d not in owned]
     done = sum(is_complete(grid, d) for d in directories)
     queued = f"{len(owned)} queued or running"
@@ -530,7 +532,8 @@ def _print_plan(
             threads=threads,
             devices_per_run=devices,
         )
-    lines = cost_lines(pending, configs, grid_directories(grid, grid_dir.parent), devices, probe=probed)
+    tests = len(pending) if grid.test is not None else 0
+    lines = cost_lines(pending, configs, grid_directories(grid, grid_dir.parent), devices, probe=probed, tests=tests)
     if executor == "slurm" and todo:
         requeues = DEFAULT_REQUEUES if options.max_requeues is None else options.max_requeues
         unit = f"{resources.gpus} GPU(s)" if resources.gpus else f"{resources.nodes} node(s)"
@@ -550,4 +553,7 @@ def _print_plan(
 
     for index, (run, directory, _) in enumerate(todo):
         label = f"task {index}: " if executor == "slurm" and len(todo) > 1 else ""
-        print(f"{label}{run.name}\n  {shlex.join(command(grid, run, directory))}")
+        steps = [] if is_done(directory) else [shlex.join(command(grid, run, directory))]  # the fit, unless done
+        if grid.test is not None:  # then its test step, on rank 0
+            steps.append(shlex.join(test_command(grid, directory)))
+        print(f"{label}{run.name}\n" + "\n".join(f"  {step}" for step in steps))

@@ -89,8 +89,9 @@ metric_logs = metrics_files  # a run's CSV logs in order (the name this module g
 
 
 def read_metrics(*paths: Path) -> tuple[list[int], dict[str, list[float]]]:
-    """Per-epoch values of the validation metrics and of training images/s from Lightning CSV logs (later files
-    override earlier ones for the same epoch: a resumed run repeats the epoch it was interrupted in)."""
+    """Per-epoch values of the validation metrics (at the validated epochs, which it returns) and of the training
+    statistics of :data:`RUN_KEYS` (at every epoch) from Lightning CSV logs (later files override earlier ones for
+    the same epoch: a resumed run repeats the epoch it was interrupted in)."""
     per_epoch: dict[int, dict[str, float]] = defaultdict(dict)
     rows = []
     for path in paths:
@@ -106,8 +107,12 @@ def read_metrics(*paths: Path) -> tuple[list[int], dict[str, list[float]]]:
                 if value is not None:
                     per_epoch[epoch][key] = value
     epochs = sorted(e for e in per_epoch if "val/top1" in per_epoch[e])
-    keys = sorted({key for e in epochs for key in per_epoch[e]})
-    return epochs, {key: [per_epoch[e][key] for e in epochs if key in per_epoch[e]] for key in keys}
+    keys = sorted({key for e in epochs for key in per_epoch[e]} - set(RUN_KEYS))
+    curves = {key: [per_epoch[e][key] for e in epochs if key in per_epoch[e]] for key in keys}
+    # the training statistics of every epoch, validated or not (check_val_every_n_epoch > 1)
+    every = sorted(per_epoch) if epochs else []
+    curves.update({key: [per_epoch[e][key] for e in every if key in per_epoch[e]] for key in RUN_KEYS})
+    return epochs, {key: values for key, values in curves.items() if values}
 
 
 TRAINING_CURVES = ("train/top1_epoch", "train/loss_epoch")  # logged every epoch, validated or not

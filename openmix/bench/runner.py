@@ -47,11 +47,13 @@ from openmix.bench.run_folder import (
     OUTPUT_LOG,
     TEST_FOLDER,
     VERSION_PATTERN,
+    RunFolderBusy,
     checkpoints_dir,
     config_path,
     folder_is_locked,
     job_json_path,
     last_checkpoint_path,
+    lock_folder,
     metrics_path,
     read_run_json,
     run_json_path,
@@ -68,15 +70,20 @@ def is_done(directory: Path) -> bool:
     return record is not None and record.get("status") == "done"
 
 
-def test_is_done(directory: Path) -> bool:
-    """Whether the run's ``run.json`` records a finished ``openmix test`` step (a grid's ``test:``)."""
-    record = read_run_json(directory)
-    return record is not None and (record.get("test") or {}).get("status") == "done"
+def _as_json(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def test_is_done(grid: Grid, directory: Path) -> bool:
+    """Whether the run's ``run.json`` records a finished ``openmix test`` step with the grid's present ``test:``
+    overrides (a changed ``test:`` section runs the test again; the report reads the newest)."""
+    test = ((read_run_json(directory) or {}).get("test")) or {}
+    return test.get("status") == "done" and test.get("overrides") == _as_json(grid.test)
 
 
 def is_complete(grid: Grid, directory: Path) -> bool:
     """Whether nothing is left of a run: its fit is done and, when the grid has a ``test:`` step, its test too."""
-    return is_done(directory) and (grid.test is None or test_is_done(directory))
+    return is_done(directory) and (grid.test is None or test_is_done(grid, directory))
 
 
 def _value(value: Any) -> str:
@@ -261,7 +268,34 @@ def check_runs(
                 f"{run.name}: {directory} holds a run of a different configuration:\n    {shown}\n"
                 "  Give the changed grid another name (or --runs-dir), or delete that folder to run it again."
             )
+    if grid.test is not None and runs and not problems:
+        problems += check_test_step(grid, runs[0])
     return problems
+
+
+def check_test_step(grid: Grid, run: Run) -> list[str]:
+    """Problems of the grid's ``test:`` overrides, found before any fit starts: keys the configuration does not
+    have, an :class:`~openmix.evaluation.Evaluation` it refuses, an OOD set that does not exist (checked on
+    ``run``'s configuration with the overrides on top)."""
+    from openmix.evaluation import DIGITS_SOURCE, Evaluation
+    from openmix.lightning.cli import resolve_config
+
+    arguments = run_arguments(run) + [f"--{key}={_value(value)}" for key, value in (grid.test or {}).items()]
+    try:
+        config = resolve_config(arguments, keep_location_keys=True)  # with the model's evaluation options
+    except ValueError as error:
+        return [f"test: the test step's overrides are not a valid configuration:\n{error}"]
+    evaluation = ((config.get("model") or {}).get("init_args") or {}).get("evaluation")
+    if not isinstance(evaluation, dict):
+        return []
+    fields = {key: value for key, value in evaluation.items() if key in Evaluation.__dataclass_fields__}
+    try:
+        built = Evaluation(**fields)
+    except (TypeError, ValueError) as error:
+        return [f"test: model.init_args.evaluation: {error}"]
+    if built.ood not in (None, DIGITS_SOURCE) and not Path(built.ood).exists():
+        return [f"test: model.init_args.evaluation.ood: the OOD set {built.ood} does not exist"]
+    return []
 
 
 def failure_reason(directory: Path) -> str:
@@ -407,33 +441,43 @@ def execute(
 
 
 def execute_test(grid: Grid, directory: Path, threads: int) -> dict[str, Any]:
-    """Run a finished run's ``openmix test`` (:func:`test_command`) to its end; record it under ``test`` in
-    ``run.json`` (status, return code, wall time, command) and return that record. The process runs alone, on one
-    device: the variables of a scheduler's job (``SLURM_*``) are not passed on, so that Lightning does not wait for
-    the job's other tasks."""
+    """Run a finished run's ``openmix test`` (:func:`test_command`) to its end, holding the run folder's lock;
+    record it under ``test`` in ``run.json`` (status, return code, wall time, command, the grid's ``test:``
+    overrides) and return that record (status ``busy``, nothing run, when another process holds the folder). The
+    process runs alone, on one device: the variables of a scheduler's job (``SLURM_*``) are not passed on, so that
+    Lightning does not wait for the job's other tasks."""
+    try:  # one writer per run folder: the runner holds its lock while the test writes there
+        lock = lock_folder(directory)
+    except RunFolderBusy as error:
+        return {"status": "busy", "reason": str(error), "wall_time_s": 0.0}
     args = test_command(grid, directory)
     env = {key: value for key, value in os.environ.items() if not key.startswith("SLURM_")}
     env.update(OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
     start = time.perf_counter()
-    with open(directory / OUTPUT_LOG, "a") as log:
-        log.write(f"\n[openmix bench] test: {' '.join(args)}\n")
-        log.flush()
-        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent)
-        returncode = process.wait()
-    test = {
-        "status": "done" if returncode == 0 else "failed",
-        "returncode": returncode,
-        "wall_time_s": time.perf_counter() - start,
-        "command": args,
-    }
-    if returncode != 0:
-        test["reason"] = exit_reason(returncode, directory / OUTPUT_LOG)
-    record = read_run_json(directory) or {}
-    record["test"] = test
-    path = run_json_path(directory)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    partial.write_text(json.dumps(record, indent=2))
-    os.replace(partial, path)
+    try:
+        with open(directory / OUTPUT_LOG, "a") as log:
+            log.write(f"\n[openmix bench] test: {' '.join(args)}\n")
+            log.flush()
+            process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent)
+            returncode = process.wait()
+        test = {
+            "status": "done" if returncode == 0 else "failed",
+            "returncode": returncode,
+            "wall_time_s": time.perf_counter() - start,
+            "command": args,
+            "overrides": _as_json(grid.test),
+        }
+        if returncode != 0:
+            test["reason"] = exit_reason(returncode, directory / OUTPUT_LOG)
+        record = read_run_json(directory) or {}
+        record["test"] = test
+        path = run_json_path(directory)
+        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+        partial.write_text(json.dumps(record, indent=2))
+        os.replace(partial, path)
+    finally:
+        if lock is not None:
+            lock.close()
     return test
 
 
@@ -536,14 +580,14 @@ def grid_directories(grid: Grid, runs_dir: str | Path) -> list[Path]:
     return [run_directory(runs_dir, grid, run) for run in grid.runs()]
 
 
-def jobs_owning(directories: list[Path]) -> dict[Path, str]:
+def jobs_owning(directories: list[Path], grid: Grid | None = None) -> dict[Path, str]:
     """The run folders that a scheduler job, queued or running, owns (``job.json``; :mod:`openmix.bench.jobs`),
     with a line naming the job. A run whose job the scheduler cannot be asked about counts as owned."""
     if not any(job_json_path(directory).is_file() for directory in directories):
         return {}
     from openmix.bench.status import live_jobs
 
-    return live_jobs(directories)
+    return live_jobs(directories, grid)
 
 
 def epochs_to_train(directory: Path, config: dict[str, Any]) -> int | None:
@@ -573,14 +617,17 @@ def cost_lines(
     measured_on: list[Path],
     devices_per_run: int = 1,
     probe: list[str] | None = None,
+    tests: int = 0,
 ) -> list[str]:
-    """What the ``pending`` runs will cost: their epochs left, and the time those take at the mean pace of the
-    finished runs among ``measured_on`` (every method alike: a rough figure), in device-hours for runs of
-    ``devices_per_run`` devices. ``probe``: the lines of a timed probe (:func:`openmix.bench.probe.probe_grid`),
-    added at the end; with them, no advice to finish a run first."""
+    """What the ``pending`` runs will cost: their epochs left (and the ``tests`` test steps to run), and the time
+    those epochs take at the mean pace of the finished runs among ``measured_on`` (every method alike: a rough
+    figure), in device-hours for runs of ``devices_per_run`` devices. ``probe``: the lines of a timed probe
+    (:func:`openmix.bench.probe.probe_grid`), added at the end; with them, no advice to finish a run first."""
     epochs = [epochs_to_train(directory, config) for directory, config in zip(pending, configs)]
     known = [count for count in epochs if count is not None]
     line = f"cost: {len(pending)} run(s) to go, {sum(known)} epochs left in all"
+    if tests:
+        line += f", {tests} test step(s)"
     if len(known) < len(epochs):
         line += f" ({len(epochs) - len(known)} run(s) without a max_epochs not counted)"
     lines = [line]
@@ -630,7 +677,7 @@ def run_grid(
     runs, directories, configs = prepare_runs(grid, runs_dir, only, overrides)
     if not dry_run:
         write_grid_folder(grid, runs_dir, environment(parallel))
-    owned = jobs_owning(directories)
+    owned = jobs_owning(directories, grid)
     pending = [(run, d) for run, d in zip(runs, directories) if not is_complete(grid, d) and d not in owned]
     done = sum(is_complete(grid, d) for d in directories)
     queued = f", {len(owned)} owned by scheduler jobs" if owned else ""
@@ -661,8 +708,9 @@ def run_grid(
                 threads=threads,
             )
         pending_dirs = [d for _, d in pending]
+        tests = len(pending_dirs) if grid.test is not None else 0
         lines = cost_lines(
-            pending_dirs, [chosen[d] for d in pending_dirs], grid_directories(grid, runs_dir), probe=probed
+            pending_dirs, [chosen[d] for d in pending_dirs], grid_directories(grid, runs_dir), probe=probed, tests=tests
         )
         print("\n".join(lines))
         return directories
@@ -673,13 +721,14 @@ def run_grid(
 
     def one(item: tuple[Run, Path]) -> dict[str, Any]:
         run, directory = item
-        with lock:
-            in_flight[run.name] = directory
         if is_done(directory):  # only the test step is left
             record = {**(read_run_json(directory) or {}), "status": "done"}
         else:
+            with lock:  # its epochs are printed while the fit runs
+                in_flight[run.name] = directory
             record = execute(grid, run, directory, threads)
             with lock:
+                in_flight.pop(run.name, None)
                 status = record["status"]
                 line = f"  {run.name}: {status}"
                 if "wall_time_s" in record:
@@ -696,8 +745,6 @@ def run_grid(
                 if test["status"] != "done":
                     line += f": {test.get('reason', '?')}\n    see {directory / OUTPUT_LOG}"
                 print(line, flush=True)
-        with lock:
-            in_flight.pop(run.name, None)
         return record
 
     def report_progress() -> None:

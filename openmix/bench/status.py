@@ -9,6 +9,7 @@ submitit, else ``squeue``; for a job of the local executor, whether its process 
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import socket
@@ -21,7 +22,7 @@ import submitit
 
 from openmix.bench.grid import Grid
 from openmix.bench.run_folder import folder_is_locked, job_json_path, last_checkpoint_path, read_job_json, read_run_json
-from openmix.bench.runner import is_done, progress, reason_in_log, run_directory, select_runs
+from openmix.bench.runner import is_complete, is_done, progress, reason_in_log, run_directory, select_runs
 
 # SLURM job states (squeue / sacct), by what they mean for the run
 WAITING = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "RESIZING", "SUSPENDED"}
@@ -110,10 +111,12 @@ def _recorded_jobs(directories: list[Path]) -> dict[Path, dict[str, Any]]:
     return jobs
 
 
-def live_jobs(directories: list[Path]) -> dict[Path, str]:
+def live_jobs(directories: list[Path], grid: Grid | None = None) -> dict[Path, str]:
     """The run folders whose recorded job is pending or running, or cannot be asked about, each with a line
-    naming the job and its state (no second job, and no local run, may then write there). Done runs are left out."""
-    jobs = {d: job for d, job in _recorded_jobs(directories).items() if not is_done(d)}
+    naming the job and its state (no second job, and no local run, may then write there). Complete runs are left
+    out (done, and with the ``grid``'s test step done when it has one)."""
+    finished = is_done if grid is None else functools.partial(is_complete, grid)
+    jobs = {d: job for d, job in _recorded_jobs(directories).items() if not finished(d)}
     live = {}
     for directory, state in scheduler_states(jobs).items():
         job_id = jobs[directory].get("job_id")
@@ -170,14 +173,19 @@ def _ended_reason(directory: Path, job: dict[str, Any], state: str) -> str:
     return f"job {job.get('job_id')} {ended}" + (f": {reason_in_log(log)}" if log and log.is_file() else "")
 
 
-def run_status(directory: Path, job: dict[str, Any] | None, state: str | None) -> tuple[str, str]:
-    """(state, detail) of one run from its folder and its job's scheduler ``state``."""
+def run_status(
+    directory: Path, job: dict[str, Any] | None, state: str | None, grid: Grid | None = None
+) -> tuple[str, str]:
+    """(state, detail) of one run from its folder and its job's scheduler ``state``; with a ``grid`` that has a
+    test step, a run whose fit is done is done only once its test is."""
     try:
         record = read_run_json(directory)
     except ValueError as error:
         return "unknown", str(error)
     if record is not None and record.get("status") == "done":
-        return "done", _epochs(directory)
+        if grid is None or grid.test is None or is_complete(grid, directory):
+            return "done", _epochs(directory)
+        return _test_status(directory, record, job, state)
     if job is not None:
         if state in WAITING:
             return "pending", ", ".join(filter(None, (state.lower(), _resumes(directory))))
@@ -195,6 +203,22 @@ def run_status(directory: Path, job: dict[str, Any] | None, state: str | None) -
     if record is not None and record.get("status") == "failed":
         return "failed", str(record.get("reason", "?")) + _again(directory)
     return "not submitted", _resumes(directory)
+
+
+def _test_status(
+    directory: Path, record: dict[str, Any], job: dict[str, Any] | None, state: str | None
+) -> tuple[str, str]:
+    """(state, detail) of a run whose fit is done and whose test step is not."""
+    if job is not None and state in WAITING:
+        return "pending", "fit done; its test step waits for the job"
+    if (job is not None and state in RUNNING) or folder_is_locked(directory):
+        return "running", "fit done; its test step is running"
+    test = record.get("test") or {}
+    if test.get("status") == "failed":
+        return "failed", f"fit done; test: {test.get('reason', '?')}"
+    if test.get("status") == "done":
+        return "not submitted", "fit done; its test ran with other test: options, to run again"
+    return "not submitted", "fit done; its test step has not run"
 
 
 def _again(directory: Path) -> str:
@@ -215,14 +239,14 @@ def grid_status(grid: Grid, runs_dir: str | Path = "runs", only: dict[str, list[
             continue
         if record is not None:
             jobs[directory] = record
-    states = scheduler_states({d: job for d, job in jobs.items() if not is_done_quietly(d)})
+    states = scheduler_states({d: job for d, job in jobs.items() if not is_complete_quietly(grid, d)})
     statuses = []
     for run, directory in zip(runs, directories):
         job = jobs.get(directory)
         if directory in unreadable and not is_done_quietly(directory):
             statuses.append(RunStatus(run.name, directory, "unknown", None, unreadable[directory]))
             continue
-        state, detail = run_status(directory, job, states.get(directory))
+        state, detail = run_status(directory, job, states.get(directory), grid)
         statuses.append(RunStatus(run.name, directory, state, None if job is None else job.get("job_id"), detail))
     return statuses
 
@@ -231,6 +255,14 @@ def is_done_quietly(directory: Path) -> bool:
     """:func:`~openmix.bench.runner.is_done`, with a corrupt ``run.json`` counting as not done."""
     try:
         return is_done(directory)
+    except ValueError:
+        return False
+
+
+def is_complete_quietly(grid: Grid, directory: Path) -> bool:
+    """:func:`~openmix.bench.runner.is_complete`, with a corrupt ``run.json`` counting as not complete."""
+    try:
+        return is_complete(grid, directory)
     except ValueError:
         return False
 

@@ -154,11 +154,13 @@ class ClassificationData(L.LightningDataModule, abc.ABC):
         if per_process >= self.batch_size:
             return
         limit = f" (limit_train={self.limit_train})" if self.limit_train is not None else ""
+        if getattr(self, "train_per_class", None) is not None:
+            limit = f" (train_per_class={self.train_per_class}){limit}"
         share = f", {per_process} per process over {world_size} processes" if world_size > 1 else ""
         raise ValueError(
             f"the training set has {samples} samples{limit}{share}, fewer than batch_size={self.batch_size}, and "
             "drop_last=True drops the incomplete batch, so no training batch would remain: lower batch_size, use "
-            "more samples (limit_train), or set drop_last=False"
+            "more samples (limit_train, train_per_class), or set drop_last=False"
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -289,7 +291,7 @@ class InMemoryClassificationData(ClassificationData):
         images, labels = self.load_arrays(train)
         images, labels = images[:limit], labels[:limit]
         if train and self.train_per_class is not None:
-            keep = balanced_subset(labels, self.train_per_class, self.subset_seed)
+            keep = balanced_subset(labels, self.train_per_class, self.subset_seed, self.NUM_CLASSES or None)
             images, labels = images[keep], labels[keep]
         augment = "crop_flip" if train and self.augment else "none"
         return ArrayImageDataset(
@@ -315,7 +317,9 @@ class FashionMNISTData(InMemoryClassificationData):
             ``FashionMNIST/raw`` (torchvision's layout).
         download: fetch the files with torchvision into ``root/FashionMNIST/raw`` if they are missing.
         padding_mode: fill of the crop's padded border, one of :data:`PADDING_MODES`; ``None``: ``"constant"``.
-        **kwargs: the loader options of :class:`ClassificationData` (batch_size, num_workers, ...).
+        **kwargs: ``train_per_class`` / ``subset_seed`` (a class-balanced training subset, see
+            :class:`InMemoryClassificationData`) and the loader options of :class:`ClassificationData` (batch_size,
+            num_workers, ...).
     """
 
     NUM_CLASSES, IN_CHANS, IMAGE_SIZE = 10, 1, 28
@@ -355,7 +359,9 @@ class CIFARData(InMemoryClassificationData):
         download: fetch and extract the archive with torchvision's CIFAR class if the batches are missing.
         padding_mode: fill of the crop's padded border, one of :data:`PADDING_MODES`; ``None``: the recipe's
             (``PADDING_MODE``: ``"reflect"`` for CIFAR-100, ``"constant"`` for CIFAR-10).
-        **kwargs: the loader options of :class:`ClassificationData` (batch_size, num_workers, ...).
+        **kwargs: ``train_per_class`` / ``subset_seed`` (a class-balanced training subset, see
+            :class:`InMemoryClassificationData`) and the loader options of :class:`ClassificationData` (batch_size,
+            num_workers, ...).
     """
 
     IN_CHANS, IMAGE_SIZE, PADDING = 3, 32, 4
@@ -398,8 +404,9 @@ class CIFAR100Data(CIFARData):
     TORCHVISION_CLASS = datasets.CIFAR100
 
 
-def balanced_subset(labels: np.ndarray, per_class: int, seed: int = 0) -> np.ndarray:
-    """Indices of a class-balanced subset: ``per_class`` samples of every class present in ``labels``.
+def balanced_subset(labels: np.ndarray, per_class: int, seed: int = 0, num_classes: int | None = None) -> np.ndarray:
+    """Indices of a class-balanced subset: ``per_class`` samples of every class (0 to ``num_classes`` - 1, or every
+    class present in ``labels`` when ``num_classes`` is ``None``).
 
     Each class's indices are permuted by one NumPy generator seeded with ``seed`` (classes in increasing order) and
     the first ``per_class`` are kept; the result is sorted, so the subset keeps the split's order.
@@ -408,6 +415,7 @@ def balanced_subset(labels: np.ndarray, per_class: int, seed: int = 0) -> np.nda
         labels: (N,) integer class ids.
         per_class: samples to keep of each class, >= 1.
         seed: seed of the draw.
+        num_classes: the number of classes; a class of ``range(num_classes)`` absent from ``labels`` is an error.
 
     Returns:
         (C * per_class,) int64 indices into ``labels``, increasing.
@@ -419,7 +427,7 @@ def balanced_subset(labels: np.ndarray, per_class: int, seed: int = 0) -> np.nda
     per_class = _check_int(per_class, "per_class", 1)
     rng = np.random.default_rng(seed)
     keep = []
-    for label in np.unique(labels):
+    for label in np.unique(labels) if num_classes is None else range(num_classes):
         members = np.flatnonzero(labels == label)
         if members.size < per_class:
             raise ValueError(

@@ -350,9 +350,10 @@ LOCATION_KEYS = (
 )
 
 
-def resolve_config(args: Sequence[str]) -> dict[str, Any]:
+def resolve_config(args: Sequence[str], keep_location_keys: bool = False) -> dict[str, Any]:
     """The complete configuration (every default filled in) that ``openmix fit *args`` would train, as plain data,
-    without the :data:`LOCATION_KEYS`. Invalid arguments raise ``ValueError`` with jsonargparse's message."""
+    without the :data:`LOCATION_KEYS` (unless ``keep_location_keys``). Invalid arguments raise ``ValueError`` with
+    jsonargparse's message."""
     import logging
     import warnings
 
@@ -381,7 +382,7 @@ def resolve_config(args: Sequence[str]) -> dict[str, Any]:
     finally:
         seed_log.setLevel(level)
     config = yaml.safe_load(cli.parser.dump(cli.config, skip_validation=True))
-    return without_location_keys(config)
+    return config if keep_location_keys else without_location_keys(config)
 
 
 def without_location_keys(config: dict[str, Any]) -> dict[str, Any]:
