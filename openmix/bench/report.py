@@ -379,6 +379,8 @@ def plot(results: list[RunResult], rows: list[dict], out_dir: Path) -> list[Path
     methods = group_methods(results)
     # one colour per method in every figure, in the table's row order
     palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    if len(rows) > len(palette):  # more methods than the default cycle: distinct colours from tab20 and tab20b
+        palette = [plt.get_cmap(name)(i) for name in ("tab20", "tab20b") for i in range(20)]
     colours = {row["method"]: palette[number % len(palette)] for number, row in enumerate(rows)}
     paths = [out_dir / "curves.png", out_dir / "top1_bars.png", out_dir / "top1_vs_cost.png"]
     training = any("train/top1_epoch" in run.training for run in results)
