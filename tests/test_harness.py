@@ -44,13 +44,41 @@ def test_a_misspelt_key_stops_the_grid_before_anything_runs(tmp_path):
 
 @needs_fmnist
 @pytest.mark.slow
-def test_a_changed_grid_is_refused_and_a_failed_run_is_reported(tmp_path):
+def test_a_changed_grid_is_refused_and_a_failed_run_is_reported(tmp_path, capsys):
+    from openmix.bench.grid import load_grid
+    from openmix.bench.runner import is_complete, run_grid
+
     runs = tmp_path / "runs"
     grid = write_grid(tmp_path)
+    spec = yaml.safe_load(grid.read_text())
+    spec["test"] = {  # the test step: `openmix test` of each finished run, with these overrides
+        "model.init_args.evaluation.corruptions": ["gaussian_noise"],
+        "model.init_args.evaluation.severities": [1, 5],
+        "model.init_args.evaluation.ood_limit": 40,
+    }
+    grid.write_text(yaml.safe_dump(spec))
+    run_grid(load_grid(grid), runs, dry_run=True)
+    dry = capsys.readouterr().out
+    assert "openmix.cli fit" in dry and "openmix.cli test" in dry
+    assert "'--model.init_args.evaluation.severities=[1, 5]'" in dry
     first = openmix("bench", str(grid), "--runs-dir", str(runs), "--last", "1", "--progress-every", "0.2")
     assert first.returncode == 0, first.stderr[-3000:]
+    assert "mixer=vanilla: test done" in first.stdout
     folder = runs / "tiny" / "mixer=vanilla"
+    record = json.loads((folder / "run.json").read_text())
+    assert record["status"] == "done" and record["test"]["status"] == "done"
+    assert (folder / "test" / "version_0" / "metrics.csv").is_file()
     table = (runs / "tiny" / "results.md").read_text()
+    assert "gaussian_noise" in table and "OOD AUROC, MSP" in table  # the report's evaluation table
+    assert is_complete(load_grid(grid), folder)  # a complete run is left alone
+    # a test that did not finish (the runner was killed during it): only the test runs again, not the fit
+    record.pop("test")
+    (folder / "run.json").write_text(json.dumps(record))
+    run_grid(load_grid(grid), runs)  # the runner in this process, as `openmix bench` calls it
+    assert "test done" in capsys.readouterr().out
+    after = json.loads((folder / "run.json").read_text())
+    assert after["segments"] == record["segments"] and after["test"]["status"] == "done"
+    assert (folder / "test" / "version_1" / "metrics.csv").is_file()
     grid_copy = (runs / "tiny" / "grid.yaml").read_text()
     # the same name, another schedule: refused, nothing rerun, nothing overwritten
     changed = write_grid(tmp_path, **{"trainer.max_epochs": 2})
@@ -228,44 +256,6 @@ def test_a_grid_test_step_must_be_a_flag_or_overrides(tmp_path):
     (tmp_path / "t.yaml").write_text(yaml.safe_dump({**spec, "test": ["x"]}))
     with pytest.raises(ValueError, match="test must be true, false or a mapping"):
         load_grid(tmp_path / "t.yaml")
-
-
-@needs_fmnist
-def test_a_grid_test_step_evaluates_each_run_once_and_resumes_alone(tmp_path, capsys):
-    from openmix.bench.grid import load_grid
-    from openmix.bench.runner import is_complete, run_grid
-
-    runs = tmp_path / "runs"
-    grid = write_grid(tmp_path)
-    spec = yaml.safe_load(grid.read_text())
-    spec["test"] = {
-        "model.init_args.evaluation.corruptions": ["gaussian_noise"],
-        "model.init_args.evaluation.severities": [1, 5],
-        "model.init_args.evaluation.ood_limit": 40,
-    }
-    grid.write_text(yaml.safe_dump(spec))
-    run_grid(load_grid(grid), runs, dry_run=True)
-    dry = capsys.readouterr().out
-    assert "openmix.cli fit" in dry and "openmix.cli test" in dry
-    assert "'--model.init_args.evaluation.severities=[1, 5]'" in dry
-    first = openmix("bench", str(grid), "--runs-dir", str(runs), "--last", "1")
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    folder = runs / "tiny" / "mixer=vanilla"
-    record = json.loads((folder / "run.json").read_text())
-    assert record["status"] == "done" and record["test"]["status"] == "done"
-    assert "mixer=vanilla: test done" in first.stdout
-    assert (folder / "test" / "version_0" / "metrics.csv").is_file()
-    table = (runs / "tiny" / "results.md").read_text()
-    assert "gaussian_noise" in table and "OOD AUROC, MSP" in table  # the report's evaluation table
-    assert is_complete(load_grid(grid), folder)  # a complete run is left alone
-    # a test that did not finish (the runner was killed during it): only the test runs again, not the fit
-    record.pop("test")
-    (folder / "run.json").write_text(json.dumps(record))
-    third = openmix("bench", str(grid), "--runs-dir", str(runs), "--last", "1")
-    assert third.returncode == 0, third.stdout[-3000:]
-    after = json.loads((folder / "run.json").read_text())
-    assert after["segments"] == record["segments"] and after["test"]["status"] == "done"
-    assert (folder / "test" / "version_1" / "metrics.csv").is_file()
 
 
 def test_a_bad_test_step_stops_the_grid_before_anything_runs(tmp_path):

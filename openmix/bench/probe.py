@@ -581,7 +581,7 @@ def probe_grid(
                 uncounted += 1
                 continue
             seconds = fit_seconds(probe, trainer, trainer["max_epochs"] - left if left else 0, left)
-            if grid.test is not None and evaluation_error is None and not test_is_done(directory):
+            if grid.test is not None and evaluation_error is None and not test_is_done(grid, directory):
                 test_trainer = {**trainer, **{k[8:]: v for k, v in grid.test.items() if k.startswith("trainer.")}}
                 seconds += seconds_of_test_step(probe, test_trainer, evaluation, ood_images(evaluation))
             costs.append(seconds)
