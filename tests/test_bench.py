@@ -164,7 +164,7 @@ def _tiny_grid(tmp_path: Path) -> Path:
         "name": "tiny",
         "base": [str(ROOT / "configs/trainer/cpu_quick.yaml")],
         "args": {
-            "trainer.max_epochs": 2,
+            "trainer.max_epochs": 1,
             "model.init_args.backbone": "resnet10t",
             "model.init_args.backbone_kwargs": {"channels": [8, 8, 8, 8], "stem_width": 8},
             "model.init_args.cifar_stem": True,

@@ -11,8 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
-from conftest import TINY_ARGS, needs_fmnist
-from conftest import run_openmix as openmix
+from conftest import TINY_ARGS
 
 from openmix.bench import probe as probing
 from openmix.bench.grid import load_grid
@@ -268,25 +267,6 @@ def test_probe_needs_a_dry_run_and_a_positive_step_count(tmp_path, monkeypatch, 
     for args in (["--probe"], ["--probe", "3"], []):
         bench_command([str(grid), "--dry-run", *args])
     assert asked == [5, 3, None]
-
-
-@needs_fmnist
-def test_dry_run_probe_end_to_end(tmp_path):
-    grid = write_grid(tmp_path, axes={"mixer": {"mixup": {"model.init_args.mixer": "mixup"}}, "seed": [0, 1]})
-    runs = tmp_path / "runs"
-    # --parallel 2: each probe gets the 1 CPU thread of a run (2 threads on 2 busy cores would crawl)
-    result = openmix("bench", str(grid), "--runs-dir", str(runs), "--parallel", "2", "--dry-run", "--probe", "2")
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    assert result.stderr.count("openmix bench: probing") == 1  # one probe per method, not per seed
-    lines = result.stdout.splitlines()
-    assert sum("openmix.cli fit" in line for line in lines) == 2  # the commands still print
-    header = next(line for line in lines if line.startswith("probe: "))
-    assert "with 2 step(s) after 2 warm-up step(s)" in header and "(cpu), 1 thread(s) per run" in header
-    for method in ("mixer=mixup",):
-        row = next(line for line in lines if line.strip().startswith(method)).split()
-        assert row[1] == "2" and float(row[2]) > 0 and float(row[3]) > float(row[2])  # an epoch is 4 steps + val
-    assert any(line.startswith("total: ") and "running 2 at a time (sum / 2" in line for line in lines)
-    assert not runs.exists(), "a dry run writes nothing"
 
 
 def test_a_slurm_dry_run_probes_here_with_the_array_parallelism(tmp_path, monkeypatch, capsys):
