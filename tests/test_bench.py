@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import TINY_ARGS
 from scipy import stats
 
 from openmix.bench import load_grid
@@ -163,15 +164,7 @@ def _tiny_grid(tmp_path: Path) -> Path:
     spec = {
         "name": "tiny",
         "base": [str(ROOT / "configs/trainer/cpu_quick.yaml")],
-        "args": {
-            "trainer.max_epochs": 1,
-            "model.init_args.backbone": "resnet10t",
-            "model.init_args.backbone_kwargs": {"channels": [8, 8, 8, 8], "stem_width": 8},
-            "model.init_args.cifar_stem": True,
-            "data.init_args.limit_train": 128,
-            "data.init_args.limit_val": 64,
-            "data.init_args.batch_size": 32,
-        },
+        "args": dict(TINY_ARGS),
         "axes": {
             "mixer": {
                 "vanilla": {"model.init_args.mixer": None},
