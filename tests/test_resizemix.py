@@ -1,7 +1,7 @@
 """ResizeMix pastes exactly what ``F.interpolate(mode="nearest")`` makes of the partner, in both modes.
 
 The reference is PyTorch itself, called one sample at a time; nothing here uses openmix's index rule. The
-channels-last elem path (box rows only) is checked against ``resized_partners``, itself checked against
+elem path (box rows only, in blocks) is checked against ``resized_partners``, itself checked against
 ``F.interpolate`` here, and a call is checked to make no operation that would wait for a CUDA device.
 """
 
@@ -130,18 +130,20 @@ def test_resizemix_call_makes_no_sync_like_op(mode, memory_format):
     assert count_sync_ops(lambda: mixer(x, y, generator=torch.Generator().manual_seed(1))) == {}
 
 
+@pytest.mark.parametrize("memory_format", MEMORY_FORMATS, ids=["contiguous", "channels_last"])
+@pytest.mark.parametrize("block_rows", [None, 1, 7])
 @pytest.mark.parametrize("inplace", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
-def test_paste_resized_partners_equals_blending_the_resized_partners(dtype, inplace):
-    # the channels-last path of elem mode writes only the box rows; it must give what resizing every partner and
-    # blending with the keep mask gives, empty, one-pixel and whole-image boxes included
+def test_paste_resized_partners_equals_blending_the_resized_partners(dtype, inplace, block_rows, memory_format):
+    # elem mode writes only the box rows, in blocks; it must give what resizing every partner and blending with the
+    # keep mask gives, empty, one-pixel and whole-image boxes included, whatever the block size
     generator = torch.Generator().manual_seed(4)
     height, width = 23, 31
     boxes = _all_boxes(height, width, generator)[::7]
     edge_cases = torch.tensor([[5, 5, 2, 9], [3, 8, 4, 4], [0, 0, 0, 0], [0, height, 0, width], [22, 23, 30, 31]])
     boxes = torch.cat([boxes, edge_cases])  # empty, whole-image and one-pixel boxes
     x = torch.randn(len(boxes), 3, height, width, generator=generator).to(dtype)
-    x = x.contiguous(memory_format=torch.channels_last)
+    x = x.contiguous(memory_format=memory_format)
     index = torch.randperm(len(boxes), generator=generator)
     mask = F_mix.box_keep_mask(boxes, height, width)
     direct = torch.ones(len(boxes), 1, height, width)
@@ -150,9 +152,9 @@ def test_paste_resized_partners_equals_blending_the_resized_partners(dtype, inpl
     assert torch.equal(mask, direct)
     expected = torch.lerp(resized_partners(x, index, boxes), x, mask.to(dtype))
     target = x.clone()
-    out = paste_resized_partners(target, index, boxes, target if inplace else target.clone())
+    out = paste_resized_partners(target, index, boxes, target if inplace else target.clone(), block_rows=block_rows)
     assert (out.data_ptr() == target.data_ptr()) == inplace
-    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert out.is_contiguous(memory_format=memory_format)
     assert torch.equal(out, expected)
 
 

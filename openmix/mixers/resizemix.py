@@ -8,10 +8,10 @@ clipped to the image; the partner is resized (nearest neighbour by default) to t
 lam = 1 - (box area) / (H * W). An explicit ``lam`` sets tau = sqrt(1 - lam).
 
 The boxes and the pairs are host draws; they reach the batch's device through ``functional.to_device`` and nothing
-is read back, so a call never waits for a device. Elem mode resizes each partner to its own box without a loop:
-on channels-first batches every partner is resized by two gathers (:func:`resized_partners`) and blended in with
-the keep mask; on channels-last batches only the box rows are rebuilt and written (:func:`paste_resized_partners`),
-which moves far less memory there. Both give what ``F.interpolate(mode="nearest")`` gives, bit for bit.
+is read back, so a call never waits for a device. Elem mode resizes each partner to its own box without a loop over
+samples: only the box rows are rebuilt and written (:func:`paste_resized_partners`), in blocks that stay in cache on
+the CPU. :func:`resized_partners` (every partner resized whole, by two gathers) is the simpler form it is tested
+against. Both give what ``F.interpolate(mode="nearest")`` gives, bit for bit.
 """
 
 from __future__ import annotations
@@ -89,17 +89,36 @@ def _box_rows(boxes: Tensor, height: int) -> np.ndarray:
     return np.stack([sample, host_values(read), values[sample, 0] + offset], axis=1)
 
 
-def paste_resized_partners(x: Tensor, index: Tensor, boxes: Tensor, out: Tensor) -> Tensor:
-    """Write ``x[index[i]]`` resized (nearest) into box i of ``out`` (``x`` itself or a copy of it) and return
-    ``out``: bit for bit ``lerp(resized_partners(x, index, boxes), x, keep mask)``, for a channels-last ``x``.
+# Box rows are processed in blocks of about this many bytes of gathered rows on the CPU, where a block's
+# intermediates then stay in cache and the allocator reuses them; a fresh allocation of tens of MiB costs more there
+# than the copy itself (page faults). Other devices take every box row in one block (one launch per operation).
+CPU_BLOCK_BYTES = 2 << 20
 
-    Only the box rows are touched, all of the batch's at once (R rows, the sum of the box heights): one
-    ``index_select`` reads each box row's partner row and sample i's own row side by side (2 W pixels), one
-    ``gather`` of W pixels from them makes the output row (the partner's resized columns inside the box, the own
-    pixels outside) and one ``index_copy_`` writes the rows. In channels-last memory a row is W * C contiguous
-    values and a column a whole pixel, so this reads and writes far less than a resize of every partner followed
-    by a blend of the whole batch. ``boxes`` are host values (the row bookkeeping is made on the host and moved
-    with :func:`to_device`); ``index`` stays where it is.
+
+def paste_resized_partners(
+    x: Tensor, index: Tensor, boxes: Tensor, out: Tensor, block_rows: int | None = None
+) -> Tensor:
+    """Write ``x[index[i]]`` resized (nearest) into box i of ``out`` (``x`` itself or a copy of it) and return
+    ``out``: bit for bit ``lerp(resized_partners(x, index, boxes), x, keep mask)``, in either memory format.
+
+    Only the box rows are touched (R of them, the sum of the box heights): for each, one ``index_select`` reads the
+    partner's row and sample i's own row side by side (2 W pixels), one ``gather`` of W pixels makes the output row
+    (the partner's resized columns inside the box, the own pixels outside) and one ``index_copy_`` writes it. A row
+    is W * C contiguous values in channels-last memory (a column is a whole pixel) and C separate rows of W values in
+    channels-first memory. This reads and writes far less than resizing every partner and blending the whole batch.
+
+    Args:
+        x: (B, C, H, W) batch, read only (it may be ``out``).
+        index: (B,) int64 partners, on ``x``'s device.
+        boxes: (B, 4) int64 host [top, bottom, left, right] (the row bookkeeping is made on the host and moved with
+            :func:`to_device`, so nothing is read back from a device).
+        out: the tensor written, ``x`` or a tensor of its shape and memory format.
+        block_rows: box rows per block of work; default: blocks of about ``CPU_BLOCK_BYTES`` on the CPU, every row
+            at once elsewhere. Ignored when ``out`` is ``x`` (in place), where a later block would read partner rows
+            that an earlier one has overwritten: every row is then done in one block.
+
+    Returns:
+        ``out``, written in place.
     """
     batch_size, channels, height, width = x.shape
     rows = _box_rows(boxes, height)
@@ -113,13 +132,40 @@ def paste_resized_partners(x: Tensor, index: Tensor, boxes: Tensor, out: Tensor)
     inside = (cols >= left) & (cols < right)
     # (B, W) pixel each output column takes from [partner row | own row]: resized inside the box, own outside
     columns = torch.where(inside, _nearest_source_index(cols - left, width, right - left), cols + width)
-    columns = columns.index_select(0, sample).view(total, width, 1).expand(total, width, channels)
-    written = sample * height + write
-    pairs = torch.stack([index.index_select(0, sample) * height + read, written], dim=1).flatten()
-    pixel_rows = x.permute(0, 2, 3, 1).reshape(batch_size * height, width * channels)  # a view: channels last
-    merged = pixel_rows.index_select(0, pairs).view(total, 2 * width, channels).gather(1, columns)
-    out_rows = out.permute(0, 2, 3, 1).view(batch_size * height, width * channels)
-    out_rows.index_copy_(0, written, merged.view(total, width * channels))
+    columns = columns.index_select(0, sample)  # (R, W)
+    partner_rows = index.index_select(0, sample) * height + read  # (R,) in (B * H) rows
+    own_rows = sample * height + write
+    if memory_format_of(x) == torch.channels_last:
+        unit = 1  # one memory row per box row: W pixels of C values
+        source = x.permute(0, 2, 3, 1).reshape(batch_size * height, width * channels)  # a view
+        target = out.permute(0, 2, 3, 1).view(batch_size * height, width * channels)
+    else:
+        unit = channels  # C memory rows of W values per box row, channel c of image b at row (b * C + c) * H
+        offset = (torch.arange(channels, device=device) * height).view(1, -1)
+        partner_rows = ((partner_rows - read) * channels + read).view(-1, 1) + offset  # (R, C)
+        own_rows = ((own_rows - write) * channels + write).view(-1, 1) + offset
+        source = x.reshape(batch_size * channels * height, width)
+        target = out.view(batch_size * channels * height, width)
+    pairs = torch.stack([partner_rows.view(total, unit), own_rows.view(total, unit)], dim=2)  # (R, unit, 2)
+    own_rows = own_rows.view(total, unit)
+    if out.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():
+        block_rows = total  # in place: every partner row must be read before any box row is written
+    elif block_rows is None:
+        row_bytes = 2 * width * channels * x.element_size()
+        block_rows = max(1, CPU_BLOCK_BYTES // row_bytes) if device.type == "cpu" else total
+    for start in range(0, total, block_rows):
+        stop = min(total, start + block_rows)
+        n = stop - start
+        picked = source.index_select(0, pairs[start:stop].flatten())
+        if unit == 1:  # (n, 2 W, C): gather whole pixels
+            merged = picked.view(n, 2 * width, channels).gather(
+                1, columns[start:stop].view(n, width, 1).expand(n, width, channels)
+            )
+        else:  # (n, C, 2 W): gather within each channel's row
+            merged = picked.view(n, channels, 2 * width).gather(
+                2, columns[start:stop].view(n, 1, width).expand(n, channels, width)
+            )
+        target.index_copy_(0, own_rows[start:stop].flatten(), merged.reshape(n * unit, -1))
     return out
 
 
@@ -188,11 +234,7 @@ class ResizeMix(PairMixer):
         boxes = F_mix.boxes_from_ratio(tau, height, width, generator)
         if num_boxes > 1:
             mask = F_mix.box_keep_mask(boxes, height, width, x.device)
-            if memory_format_of(x) == torch.channels_last:
-                mixed = paste_resized_partners(x, index, boxes, x if self.inplace else x.clone())
-            else:
-                partners = resized_partners(x, index, boxes)
-                mixed = F_mix.lerp_into(partners, x, mask.to(x.dtype), out=x if self.inplace else partners)
+            mixed = paste_resized_partners(x, index, boxes, x if self.inplace else x.clone())
         else:
             top, bottom, left, right = host_values(boxes[0]).tolist()
             mask = F_mix.box_keep_mask(boxes, height, width, x.device)
