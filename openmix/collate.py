@@ -15,7 +15,10 @@ Two ways to mix, chosen from the mixer, never from the data:
   collate asks such a mixer for its mix on a one-channel stand-in of the batch (zeros, float16) and applies the
   returned ``index`` / ``lam`` / ``mask`` to the real pixels itself: a rectangle (CutMix) is copied as uint8,
   another binary mask picks each pixel from one source, a soft mask or a global lambda (mixup) is blended in float32
-  a few samples at a time, so the float work stays in the CPU's cache;
+  a few samples at a time, so the float work stays in the CPU's cache. A :class:`~openmix.mixers.cutmix.CutMix`
+  itself is not called: the collate makes its draws (partners, lambdas, boxes) with the same calls on the same
+  generator, in the same order, and copies each sample and its partner's box into the output, as timm does, without
+  the stand-in or a full-size mask;
 - every other eligible mixer (SaliencyMix reads the pixels, ResizeMix moves its partner) mixes the real batch,
   converted to float32, and its output is rounded.
 
@@ -40,7 +43,10 @@ from torch.utils.data import get_worker_info
 from openmix._checks import check_bool, is_int, is_real
 from openmix.data.readers import check_seed
 from openmix.mixers import Mixer, MixOutput, create_mixer, get_mixer_entry
+from openmix.mixers import functional as F_mix
+from openmix.mixers._base import check_call
 from openmix.mixers._registry import accepts_argument
+from openmix.mixers.cutmix import CutMix
 from openmix.targets import check_smoothing
 
 NUMPY_LAYOUTS = ("auto", "chw", "hwc")
@@ -222,6 +228,7 @@ class MixCollate:
             raise ValueError(f"numpy_layout must be one of {NUMPY_LAYOUTS}, got {numpy_layout!r}")
         self.numpy_layout = numpy_layout
         self.applies_mask = draws_ignore_pixels(self.mixer)  # mix a stand-in, apply its mask to the pixels
+        self.draws_boxes = type(self.mixer) is CutMix  # CutMix exactly (not a subclass): its draws made here
         self.calls = 0  # collate calls made by this object in this process (the last entry of each batch's seed)
         self._stand_in_cache: Tensor | None = None  # (B, 1, H, W) zeros, kept between calls of the same shape
 
@@ -241,7 +248,8 @@ class MixCollate:
         images, labels = self.split(batch)
         seed = self.next_seed()
         shape = torch.Size((len(images), *images[0].shape))
-        mixed, targets, mix = self._mix(images, shape, images[0].dtype, labels, torch.Generator().manual_seed(seed))
+        generator = torch.Generator().manual_seed(seed)
+        mixed, targets, mix = self._mix(images, shape, images[0].dtype, labels, generator, with_mask=False)
         if self.return_record:
             return mixed, targets, MixRecord(mix.index, mix.lam, labels, seed)
         return mixed, targets
@@ -370,9 +378,12 @@ class MixCollate:
         dtype: torch.dtype,
         labels: Tensor,
         generator: torch.Generator | None,
+        with_mask: bool = True,
     ) -> tuple[Tensor, Tensor, MixOutput]:
         """Mix B images of ``shape`` (B, C, H, W) and ``dtype``, given stacked or as a list of (C, H, W) tensors (a
-        collate call mixes the samples where they are, without stacking them first)."""
+        collate call mixes the samples where they are, without stacking them first). ``with_mask=False``: the
+        returned ``MixOutput`` of a CutMix holds ``mask=None`` (a collate call does not return it; an elem-mode mask
+        is a (B, 1, H, W) float32 tensor that would cost more than the mix)."""
         is_uint8 = dtype == torch.uint8
         if self.mean is not None:
             if not is_uint8:
@@ -381,7 +392,10 @@ class MixCollate:
                 raise ValueError(f"mean and std have {self.mean.shape[0]} values for {shape[1]} channels")
         out = _output_buffer(shape, torch.float32 if self.mean is not None else dtype)
         with torch.no_grad():
-            if self.applies_mask:
+            if self.draws_boxes:
+                mix, boxes = self._draw_boxes(shape, labels, generator, with_mask)
+                _paste_boxes(images, mix.index.tolist(), boxes, self._store, out)
+            elif self.applies_mask:
                 mix = self.mixer(self._stand_in(shape), labels, generator=generator)
                 _apply_mix(images, mix.index, mix.lam, mix.mask, self._store, out)
             else:
@@ -394,6 +408,36 @@ class MixCollate:
                 self._store(mix.x.clamp_(0, 255) if is_uint8 else mix.x, out)
             targets = mix.soft_targets(self.num_classes, self.smoothing)
         return out, targets, replace(mix, x=out)
+
+    def _draw_boxes(
+        self, shape: torch.Size, labels: Tensor, generator: torch.Generator | None, with_mask: bool
+    ) -> tuple[MixOutput, list[list[int]]]:
+        """The CutMix mixer's draws for a (B, C, H, W) batch without mixing anything: what its call on the stand-in
+        returns (``x`` aside, the stand-in itself, never read) and the boxes ``[top, bottom, left, right]`` it pastes
+        (one, or B in elem mode).
+
+        The draws are the mixer's own calls in its own order (``PairMixer.forward``, then ``CutMix.mix``): the partner
+        index, then the lambdas (or ``minmax`` sides) and the box positions, all from ``generator``, so the generator
+        ends in the same state and the boxes, ``index`` and ``lam`` are the ones the mixer would give; the call is
+        checked as the mixer checks it. ``mask``: the mixer's (1 or B, 1, H, W) float32 keep mask
+        (``functional.box_keep_mask``), or ``None`` without ``with_mask``.
+        """
+        mixer = self.mixer
+        batch_size, _, height, width = shape
+        blank = torch.zeros((), dtype=torch.float16).expand(batch_size, 1, height, width)  # no memory: checks only
+        check_call(mixer, blank, labels, generator, {})
+        index = F_mix.partner_index(batch_size, mixer.pairing, generator)
+        num_boxes = 1 if mixer.mode == "batch" else batch_size
+        if mixer.minmax is not None:
+            boxes = F_mix.boxes_from_minmax(mixer.minmax, num_boxes, height, width, generator)
+        else:
+            lam = mixer.draw_lam(None, batch_size, generator)
+            boxes = F_mix.boxes_from_lam(lam[:num_boxes], height, width, generator)
+        lam = F_mix.box_lam(boxes, height, width).expand(batch_size)
+        lam = F_mix.to_device(lam, torch.device("cpu"), torch.float32).clamp(0.0, 1.0)
+        mask = F_mix.box_keep_mask(boxes, height, width) if with_mask else None
+        mix = MixOutput(blank, index, lam, labels, labels.index_select(0, index), mask)
+        return mix, boxes.tolist()
 
     def _stand_in(self, shape: torch.Size) -> Tensor:
         """(B, 1, H, W) float16 zeros: what a pixel-blind mixer mixes to give its draws (values never read; half the
@@ -526,24 +570,32 @@ def _paste_boxes(
     images: Sequence[Tensor], partners: list[int], boxes: list[list[int]], store: Store, out: Tensor
 ) -> None:
     """Sample i keeps its pixels outside ``boxes[i]`` (``[top, bottom, left, right]``, one box for the whole batch or
-    one per sample) and takes its partner's inside: only the boxes are copied from the partners."""
+    one per sample) and takes its partner's inside: each sample is copied into the output, then its partner's box
+    over it (timm's ``FastCollateMixup`` loop), so the only memory written is the output's and nothing is
+    allocated. The copies are NumPy slice assignments of the pixels' bits (a fraction of a torch op's overhead, for
+    any dtype)."""
     # the pixels, before any normalisation: written into the output itself when it has their dtype
     target = out if out.dtype == images[0].dtype else torch.empty(out.shape, dtype=images[0].dtype)
-    if isinstance(images, Tensor):
-        target.copy_(images)
-    else:
-        torch.stack(list(images), out=target)
-    if len(boxes) == 1:  # one box for the whole batch: gather the partners' boxes (read before they are written)
-        top, bottom, left, right = boxes[0]
+    pixels = _bits(target)
+    sources = _bits(images) if isinstance(images, Tensor) else [_bits(image) for image in images]
+    shared = len(boxes) == 1
+    for row, partner in enumerate(partners):
+        top, bottom, left, right = boxes[0] if shared else boxes[row]
+        pixels[row] = sources[row]
         if bottom > top and right > left:
-            region = target[:, :, top:bottom, left:right]
-            region.copy_(region.index_select(0, torch.tensor(partners)))
-    else:
-        for row, (partner, (top, bottom, left, right)) in enumerate(zip(partners, boxes)):
-            if bottom > top and right > left:
-                target[row, :, top:bottom, left:right] = images[partner][:, top:bottom, left:right]
+            pixels[row, :, top:bottom, left:right] = sources[partner][:, top:bottom, left:right]
     if target is not out:
         store(target, out)
+
+
+BIT_TYPES = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}  # an integer dtype of each size
+
+
+def _bits(tensor: Tensor) -> np.ndarray:
+    """A NumPy view of a tensor's elements as integers of their size (its bits: copying them copies the values, for
+    dtypes NumPy lacks too), on the host (a tensor elsewhere is copied there first)."""
+    tensor = tensor.detach().cpu()
+    return tensor.view(BIT_TYPES[tensor.element_size()]).numpy()
 
 
 def _partner_boxes(mask: Tensor) -> list[list[int]] | None:

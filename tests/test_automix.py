@@ -294,6 +294,41 @@ def test_one_step_runs_each_network_only_as_often_as_the_method_needs(clean_forw
         assert [inputs.shape[0] for inputs in seen["online"]] == [16] and torch.equal(seen["online"][0][:8], x)
 
 
+def test_block_loss_prob_skips_only_the_momentum_pass_on_its_share_of_steps():
+    """block_loss_prob (the authors' switch_off): on a skipped step the momentum network runs its feature pass only,
+    the loss is the online loss plus the mask loss, and the block still learns from the mask loss; the skip draws
+    come from their own stream (the mixes are those of block_loss_prob=1), the same on every rank."""
+    x, y = batch()
+    always, never = tiny_automix(mask_loss_weight=0.3), tiny_automix(mask_loss_weight=0.3, block_loss_prob=0.0)
+    seen: list[int] = []
+    first_conv(never.ema_network).register_forward_hook(lambda m, args, out: seen.append(args[0].shape[0]))
+    loss = never.training_step((x, y), 0)
+    assert seen == [8], "a skipped step runs the momentum network for the features only"
+    loss.backward()
+    assert all(p.grad is not None for p in never.mixer.parameters()), "the mask loss still reaches the block"
+    assert never.should_mix(0)
+    features = never.batch_features(x)
+    block_loss, mask_loss, _ = never.block_losses(x, y, features, with_block_loss=False)
+    assert block_loss is None
+    online_loss, _, _ = never.online_losses(x, y, features)
+    torch.testing.assert_close(loss, online_loss + 0.3 * mask_loss)
+    # a skipped step trains the online network on the mix block_loss_prob=1 would draw (the block's draw still runs)
+    half = tiny_automix(block_loss_prob=0.5)
+    step = next(index for index in range(50) if not half.trains_block_loss(index))
+    mixes = []
+    for model in (always, half):
+        inputs: list[torch.Tensor] = []
+        model.network.register_forward_pre_hook(lambda m, args, inputs=inputs: inputs.append(args[0].detach()))
+        model.training_step((x, y), step)
+        mixes.append(inputs[-1])  # the classifier's mix (after the clean batch)
+    torch.testing.assert_close(mixes[0], mixes[1])
+    # the share of steps that run it: binomial(400, 0.3) lies within 4.5 standard deviations of 120 (p < 1e-5)
+    model = tiny_automix(block_loss_prob=0.3)
+    runs = [model.trains_block_loss(index) for index in range(400)]
+    assert abs(sum(runs) - 120) < 4.5 * math.sqrt(400 * 0.3 * 0.7)
+    assert runs == [model.trains_block_loss(index) for index in range(400)], "a batch's draw is fixed"
+
+
 def test_separate_clean_forward_normalises_the_clean_and_the_mixed_batch_apart():
     x, y = batch()
     losses = {}
@@ -454,6 +489,7 @@ def test_mask_mean_tracks_lambda_on_fashion_mnist():
         ({"momentum_hold": 1.0}, "momentum_hold"),
         ({"mask_loss_weight": -1.0}, "mask_loss_weight"),
         ({"clean_forward": "both"}, "clean_forward"),
+        ({"block_loss_prob": 1.5}, "block_loss_prob"),
         ({"mix_block": "cutmix"}, "trains a Mix Block"),
     ],
 )

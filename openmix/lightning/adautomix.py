@@ -41,11 +41,18 @@ CHECKPOINT_KEY = "openmix_adautomix"
 
 
 def drop_mask_loss_weight(kwargs: dict[str, Any]) -> None:
-    """Remove ``mask_loss_weight`` from ``kwargs``: a checkpoint's hyperparameters repeat AutoMixClassifier's, which
-    is always 0 here (the generator has no mask loss); any other value is refused."""
+    """Remove ``mask_loss_weight`` and ``block_loss_prob`` from ``kwargs``: a checkpoint's hyperparameters repeat
+    AutoMixClassifier's, which are always 0 and 1 here (the generator has no mask loss and no block loss); any other
+    value is refused."""
     weight = kwargs.pop("mask_loss_weight", 0.0)
     if weight:
         raise ValueError(f"AdAutoMix's generator has no mask loss: mask_loss_weight must be 0, got {weight!r}")
+    block_loss_prob = kwargs.pop("block_loss_prob", 1.0)
+    if block_loss_prob != 1.0:
+        raise ValueError(
+            f"AdAutoMix trains its generator on alternating steps (adversarial_interval), not with AutoMix's block "
+            f"loss: block_loss_prob must be 1, got {block_loss_prob!r}"
+        )
 
 
 class AdAutoMixClassifier(AutoMixClassifier):

@@ -13,6 +13,8 @@ Each training step, as the authors' ``AutoMixup.forward_train`` (Westlake-AI/ope
 
 Both mixed losses label the mix with the *sampled* lambda (``MixOutput.label_weights``). A batch skipped by
 ``mix_prob`` (or after ``mix_off_epoch``) is a plain step on the clean batch: nothing trains the Mix Block then.
+With ``block_loss_prob`` < 1 the momentum network's pass of step 2 runs on that share of the mixed steps only (the
+authors' ``switch_off``, "for fast training"); the block's draw and its mask loss still run on every mixed step.
 
 After every training batch the momentum network's parameters follow the online ones with a momentum held at
 ``momentum`` for the first ``momentum_hold`` of the run, then on a cosine towards ``momentum_end``. Choose it in YAML
@@ -27,6 +29,7 @@ import math
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
@@ -38,6 +41,7 @@ from openmix.mixers.automix import AutoMix, intermediate_features
 
 DEFAULT_MIX_BLOCK = "automix"
 CLEAN_FORWARDS = ("separate", "joint")
+BLOCK_LOSS_STREAM = 0xB10C  # the last entropy entry of the block_loss_prob draws
 
 
 def resolve_mix_block(mix_block: str | None, kwargs: dict[str, Any]) -> str:
@@ -76,6 +80,12 @@ class AutoMixClassifier(MixClassifier):
         clean_forward: ``"separate"`` (the authors': the clean batch and the mixed one go through the online
             network one after the other, so batch norm normalises each with its own statistics) or ``"joint"``
             (one forward pass of both, batch norm sees them together).
+        block_loss_prob: probability that a mixed step trains the Mix Block through the momentum network (its
+            block loss: a forward pass of the block's mix and a backward pass to the mask, about 0.7x a mixup step
+            on a CNN); on the other mixed steps the block learns from its mask loss alone. 1.0 (default): every
+            step, as the paper. The authors' ``switch_off`` (automix.py:58-59, :438-443, with their
+            ``cos_annealing`` left at 1); their ImageNet configs for transformers use 0.8. The draw is the same on
+            every rank (from the seed, the epoch and the batch index), so data-parallel ranks skip together.
         mix_block_lr: learning rate of the Mix Block's parameter group (``None``: the optimizer's).
         mixer_kwargs: arguments of the Mix Block (e.g. ``{alpha: 2.0}``).
         **kwargs: every other :class:`~openmix.lightning.MixClassifier` argument.
@@ -91,6 +101,7 @@ class AutoMixClassifier(MixClassifier):
         mask_loss_weight: float = 0.1,
         clean_loss_weight: float = 1.0,
         clean_forward: str = "separate",
+        block_loss_prob: float = 1.0,
         mix_block_lr: float | None = None,
         mixer_kwargs: dict[str, Any] | None = None,
         **kwargs: Any,
@@ -113,6 +124,10 @@ class AutoMixClassifier(MixClassifier):
             raise ValueError(f"momentum_bn must be 'train' or 'eval', got {momentum_bn!r}")
         if clean_forward not in CLEAN_FORWARDS:
             raise ValueError(f"clean_forward must be one of {CLEAN_FORWARDS}, got {clean_forward!r}")
+        if isinstance(block_loss_prob, bool) or not isinstance(block_loss_prob, (int, float)):
+            raise TypeError(f"block_loss_prob must be a number in [0, 1], got {type(block_loss_prob).__name__}")
+        if not 0.0 <= block_loss_prob <= 1.0:
+            raise ValueError(f"block_loss_prob must lie in [0, 1], got {block_loss_prob}")
         if self.objective.uses_clean_batch:
             raise ValueError(
                 f"objective {kwargs.get('objective')!r} takes the clean batch itself; AutoMixClassifier adds its own "
@@ -187,15 +202,31 @@ class AutoMixClassifier(MixClassifier):
 
     # ----- the losses ---------------------------------------------------------------------------------------------
     def block_losses(
-        self, x: Tensor, y: Tensor, features: Tensor | None = None, lam: float | Tensor | None = None
-    ) -> tuple[Tensor, Tensor, MixOutput]:
+        self,
+        x: Tensor,
+        y: Tensor,
+        features: Tensor | None = None,
+        lam: float | Tensor | None = None,
+        with_block_loss: bool = True,
+    ) -> tuple[Tensor | None, Tensor, MixOutput]:
         """The Mix Block's loss on its own draw through the momentum network (targets weighted by the sampled
         lambda), and its mask loss; gradients reach the block through the mask only (the momentum network is
-        frozen). ``features``: :meth:`mixing_features` of the batch (computed here when ``None``)."""
+        frozen). ``features``: :meth:`mixing_features` of the batch (computed here when ``None``). With
+        ``with_block_loss=False`` the momentum network's pass is skipped and the block loss is ``None``."""
         features = self.mixing_features(self.batch_features(x)) if features is None else features
         block = self.draw(x, y, features, "block", lam)
-        block_loss = self.mixer.block_loss(self.ema_forward(block.x), block, self.objective)
+        block_loss = self.mixer.block_loss(self.ema_forward(block.x), block, self.objective) if with_block_loss else None
         return block_loss, self.mixer.mask_loss(block.mask, block.target_lam), block
+
+    def trains_block_loss(self, batch_idx: int) -> bool:
+        """Whether this mixed step runs the block loss (``block_loss_prob``): a uniform draw from (seed, epoch,
+        batch index), without the rank, below ``block_loss_prob``; no draw at 0 or 1."""
+        prob = self.hparams.block_loss_prob
+        if prob >= 1.0 or prob <= 0.0:
+            return prob >= 1.0
+        # the mixing streams use (seed, epoch, batch, rank); a fifth entry gives this one a stream of its own
+        entropy = [int(self.hparams.seed), int(self.current_epoch), int(batch_idx), 0, BLOCK_LOSS_STREAM]
+        return bool(np.random.default_rng(np.random.SeedSequence(entropy)).random() < prob)
 
     def clean_loss(self, logits: Tensor, y: Tensor) -> Tensor:
         """The objective on the unmixed batch (softmax CE, BCE, ... as configured, with its label smoothing)."""
@@ -227,14 +258,18 @@ class AutoMixClassifier(MixClassifier):
         if not self.should_mix(batch_idx):  # mix_prob / mix_off_epoch: the parent's step, which draws the same
             return super().training_step(batch, batch_idx)  # decision again and trains on the clean batch
         features = self.mixing_features(self.batch_features(x))  # once per step, for both draws
-        block_loss, mask_loss, _ = self.block_losses(x, y, features)  # 1. trains the Mix Block
+        with_block_loss = self.trains_block_loss(batch_idx)
+        block_loss, mask_loss, _ = self.block_losses(x, y, features, with_block_loss=with_block_loss)  # 1. the block
         online_loss, mixed_logits, online = self.online_losses(x, y, features)  # 2. trains the online network
-        loss = online_loss + block_loss + self.hparams.mask_loss_weight * mask_loss
+        loss = online_loss + self.hparams.mask_loss_weight * mask_loss
+        if block_loss is not None:
+            loss = loss + block_loss
         batch_size = x.shape[0]
         self.log_train("train/loss", loss, batch_size, on_step=True)
         self.log_train("train/top1", self.mixed_accuracy(mixed_logits, online), batch_size)
         self.log_train("train/mask_loss", mask_loss, batch_size)
-        self.log_train("train/block_loss", block_loss, batch_size)
+        if block_loss is not None:  # the epoch mean is over the steps that ran it
+            self.log_train("train/block_loss", block_loss, batch_size)
         self.log_train("train/momentum", self.current_momentum, batch_size)
         self.train_lams.append(online.lam.detach())
         self._epoch_images += batch_size
