@@ -215,7 +215,9 @@ class AutoMixClassifier(MixClassifier):
         ``with_block_loss=False`` the momentum network's pass is skipped and the block loss is ``None``."""
         features = self.mixing_features(self.batch_features(x)) if features is None else features
         block = self.draw(x, y, features, "block", lam)
-        block_loss = self.mixer.block_loss(self.ema_forward(block.x), block, self.objective) if with_block_loss else None
+        block_loss = None
+        if with_block_loss:
+            block_loss = self.mixer.block_loss(self.ema_forward(block.x), block, self.objective)
         return block_loss, self.mixer.mask_loss(block.mask, block.target_lam), block
 
     def trains_block_loss(self, batch_idx: int) -> bool:

@@ -276,18 +276,120 @@ def lerp_into(start: Tensor, end: Tensor, weight: Tensor | float, out: Tensor) -
 def paste_boxes(x: Tensor, index: Tensor, boxes: Tensor, inplace: bool = False) -> tuple[Tensor, Tensor]:
     """Sample i keeps its pixels outside ``boxes[i]`` and takes ``x[index[i]]`` inside (same location).
 
-    One box (batch mode) is a slice assignment that touches only the box; per-sample boxes (elem mode) are one
-    vectorised blend with the (B, 1, H, W) mask. Returns (mixed batch, float32 keep mask).
+    One box (batch mode) is a slice assignment that touches only the box; per-sample boxes (elem mode) rebuild the
+    box rows only, all samples at once (:func:`paste_box_rows`). Returns (mixed batch, float32 keep mask).
     """
     height, width = x.shape[-2:]
     mask = box_keep_mask(boxes, height, width, x.device)
     if boxes.shape[0] > 1:
-        return blend(x, index, mask, inplace), mask
+        return paste_box_rows(x, index, boxes, x if inplace else x.clone()), mask
     top, bottom, left, right = host_values(boxes[0]).tolist()
     out = x if inplace else x.clone()
     if bottom > top and right > left:
         out[:, :, top:bottom, left:right] = x[index, :, top:bottom, left:right]
     return out, mask
+
+
+# Box rows are rebuilt in blocks of about this many bytes of gathered rows on the CPU, where a block's
+# intermediates then stay in cache and the allocator reuses them: there a fresh allocation of tens of MiB costs
+# more than the copy itself (page faults). Other devices take every row in one block (one launch per operation).
+CPU_BLOCK_BYTES = 2 << 20
+
+
+def box_rows(boxes: Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The image rows that boxes cover, from (B, 4) host [top, bottom, left, right]: (sample, offset within its box,
+    box height), each (R,) int64 in sample order (R = the sum of the heights of the boxes that have pixels). Host
+    bookkeeping: no device is involved."""
+    values = host_values(boxes).astype(np.int64)
+    sides = np.clip(values[:, [1, 3]] - values[:, [0, 2]], 0, None)  # (h, w)
+    heights = np.where(sides[:, 1] > 0, sides[:, 0], 0)  # a box without columns has no rows to write
+    sample = np.repeat(np.arange(len(values)), heights)
+    offset = np.arange(int(heights.sum())) - np.repeat(np.cumsum(heights) - heights, heights)
+    return sample, offset, heights[sample]
+
+
+def merge_rows(
+    x: Tensor,
+    out: Tensor,
+    partner_rows: Tensor,
+    own_rows: Tensor,
+    columns: Tensor,
+    block_rows: int | None = None,
+) -> Tensor:
+    """Rebuild R image rows of ``out`` from two rows of ``x`` each, touching no other row; returns ``out``.
+
+    Row k of the output (image row ``own_rows[k]``, counted as b * H + h) becomes ``[x row partner_rows[k] | x row
+    own_rows[k]]`` (2 W pixels side by side) read at ``columns[k]``: column c takes pixel ``columns[k, c]``, the
+    partner's pixel j for j < W and its own pixel j - W otherwise. One ``index_select`` reads both rows, one
+    ``gather`` picks the W pixels and one ``index_copy_`` writes them: a box paste (CutMix, ResizeMix in elem mode)
+    then reads and writes the box rows only, not the whole batch. In channels-last memory a row is W * C contiguous
+    values and a column a whole pixel; in channels-first memory it is C rows of W values, gathered alike.
+
+    Args:
+        x: (B, C, H, W) batch, read only (it may be ``out``).
+        out: ``x`` (in place) or a tensor of its shape and memory format (a copy of it, for the rows not rebuilt).
+        partner_rows, own_rows: (R,) int64 image rows on ``x``'s device; ``own_rows`` distinct.
+        columns: (R, W) int64 in [0, 2 W) on ``x``'s device.
+        block_rows: rows per block of work; default: blocks of about ``CPU_BLOCK_BYTES`` on the CPU, every row at
+            once elsewhere. In place (``out`` shares ``x``'s memory) every row is done in one block, since a later
+            block would read partner rows that an earlier one has overwritten.
+    """
+    batch_size, channels, height, width = x.shape
+    total = own_rows.shape[0]
+    if total == 0:
+        return out
+    if memory_format_of(x) == torch.channels_last:
+        unit = 1  # one memory row per image row: W pixels of C values
+        source = x.permute(0, 2, 3, 1).reshape(batch_size * height, width * channels)  # a view
+        target = out.permute(0, 2, 3, 1).view(batch_size * height, width * channels)
+    else:
+        unit = channels  # C memory rows of W values per image row: channel c of row b * H + h at (b * C + c) * H + h
+        offset = (torch.arange(channels, device=x.device) * height).view(1, -1)
+        partner_rows = partner_rows + partner_rows.div(height, rounding_mode="floor") * (channels - 1) * height
+        own_rows = own_rows + own_rows.div(height, rounding_mode="floor") * (channels - 1) * height
+        partner_rows, own_rows = partner_rows.view(-1, 1) + offset, own_rows.view(-1, 1) + offset  # (R, C)
+        source = x.reshape(batch_size * channels * height, width)
+        target = out.view(batch_size * channels * height, width)
+    pairs = torch.stack([partner_rows.reshape(total, unit), own_rows.reshape(total, unit)], dim=2)  # (R, unit, 2)
+    own_rows = own_rows.reshape(total, unit)
+    if out.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():
+        block_rows = total
+    elif block_rows is None:
+        row_bytes = 2 * width * channels * x.element_size()
+        block_rows = max(1, CPU_BLOCK_BYTES // row_bytes) if x.device.type == "cpu" else total
+    for start in range(0, total, block_rows):
+        stop = min(total, start + block_rows)
+        n = stop - start
+        picked = source.index_select(0, pairs[start:stop].flatten())
+        if unit == 1:  # (n, 2 W, C): gather whole pixels
+            shape, dim = (n, width, channels), 1
+            merged = picked.view(n, 2 * width, channels)
+            index = columns[start:stop].view(n, width, 1)
+        else:  # (n, C, 2 W): gather within each channel's row
+            shape, dim = (n, channels, width), 2
+            merged = picked.view(n, channels, 2 * width)
+            index = columns[start:stop].view(n, 1, width)
+        merged = merged.gather(dim, index.expand(*shape))
+        target.index_copy_(0, own_rows[start:stop].flatten(), merged.reshape(n * unit, -1))
+    return out
+
+
+def paste_box_rows(x: Tensor, index: Tensor, boxes: Tensor, out: Tensor, block_rows: int | None = None) -> Tensor:
+    """Write ``x[index[i]]``'s pixels inside box i (same place) into ``out`` and return it: elem-mode CutMix on the
+    box rows only (:func:`merge_rows`), bit for bit ``lerp(x[index], x, keep mask)``. ``boxes``: (B, 4) int64 host
+    [top, bottom, left, right]; ``index``: (B,) on ``x``'s device; ``out``: ``x`` or a copy of it."""
+    height, width = x.shape[-2:]
+    sample, offset, _ = box_rows(boxes)
+    if len(sample) == 0:
+        return out
+    device = x.device
+    host = host_tensor(np.stack([sample, host_values(boxes)[sample, 0].astype(np.int64) + offset], axis=1))
+    sample_d, row = to_device(host, device).unbind(1)
+    left, right = (side.view(-1, 1) for side in to_device(boxes[:, 2:4], device).unbind(1))
+    cols = torch.arange(width, device=device).view(1, -1)
+    columns = torch.where((cols >= left) & (cols < right), cols, cols + width).index_select(0, sample_d)
+    partner_rows = index.index_select(0, sample_d) * height + row
+    return merge_rows(x, out, partner_rows, sample_d * height + row, columns, block_rows)
 
 
 def blend(x: Tensor, index: Tensor, weight: Tensor | float, inplace: bool = False) -> Tensor:

@@ -24,7 +24,7 @@ from torch import Tensor
 from openmix.mixers import functional as F_mix
 from openmix.mixers._base import PairMixer
 from openmix.mixers._registry import register_mixer
-from openmix.mixers.functional import host_values, memory_format_of, to_device
+from openmix.mixers.functional import host_values, to_device
 
 
 def _nearest_source_index(offset: Tensor, in_size: int, out_size: Tensor) -> Tensor:
@@ -79,20 +79,10 @@ def resized_partners(x: Tensor, index: Tensor, boxes: Tensor) -> Tensor:
 def _box_rows(boxes: Tensor, height: int) -> np.ndarray:
     """(R, 3) int64 (sample, partner row read, row written) for each row of each box with pixels, in sample order
     (R = the sum of their heights), from the (B, 4) host ``boxes``: host bookkeeping, no device involved."""
-    values = host_values(boxes)
-    sides = np.clip(values[:, [1, 3]] - values[:, [0, 2]], 0, None)  # (h, w)
-    heights = np.where(sides[:, 1] > 0, sides[:, 0], 0)  # a box without columns has no rows to write
-    total = int(heights.sum())
-    sample = np.repeat(np.arange(len(values)), heights)
-    offset = np.arange(total) - np.repeat(np.cumsum(heights) - heights, heights)  # row within its box
-    read = _nearest_source_index(F_mix.host_tensor(offset), height, F_mix.host_tensor(heights[sample]))
-    return np.stack([sample, host_values(read), values[sample, 0] + offset], axis=1)
-
-
-# Box rows are processed in blocks of about this many bytes of gathered rows on the CPU, where a block's
-# intermediates then stay in cache and the allocator reuses them; a fresh allocation of tens of MiB costs more there
-# than the copy itself (page faults). Other devices take every box row in one block (one launch per operation).
-CPU_BLOCK_BYTES = 2 << 20
+    sample, offset, heights = F_mix.box_rows(boxes)
+    read = _nearest_source_index(F_mix.host_tensor(offset), height, F_mix.host_tensor(heights))
+    top = host_values(boxes)[sample, 0].astype(np.int64)
+    return np.stack([sample, host_values(read), top + offset], axis=1)
 
 
 def paste_resized_partners(
@@ -101,11 +91,10 @@ def paste_resized_partners(
     """Write ``x[index[i]]`` resized (nearest) into box i of ``out`` (``x`` itself or a copy of it) and return
     ``out``: bit for bit ``lerp(resized_partners(x, index, boxes), x, keep mask)``, in either memory format.
 
-    Only the box rows are touched (R of them, the sum of the box heights): for each, one ``index_select`` reads the
-    partner's row and sample i's own row side by side (2 W pixels), one ``gather`` of W pixels makes the output row
-    (the partner's resized columns inside the box, the own pixels outside) and one ``index_copy_`` writes it. A row
-    is W * C contiguous values in channels-last memory (a column is a whole pixel) and C separate rows of W values in
-    channels-first memory. This reads and writes far less than resizing every partner and blending the whole batch.
+    Only the box rows are rebuilt (:func:`openmix.mixers.functional.merge_rows`): box row r of sample i reads the
+    partner's row ``_nearest_source_index(r - top, H, h)`` and, inside the box, its columns
+    ``_nearest_source_index(c - left, W, w)``; outside the box the row keeps sample i's own pixels. This reads and
+    writes far less than resizing every partner and blending the whole batch.
 
     Args:
         x: (B, C, H, W) batch, read only (it may be ``out``).
@@ -113,17 +102,14 @@ def paste_resized_partners(
         boxes: (B, 4) int64 host [top, bottom, left, right] (the row bookkeeping is made on the host and moved with
             :func:`to_device`, so nothing is read back from a device).
         out: the tensor written, ``x`` or a tensor of its shape and memory format.
-        block_rows: box rows per block of work; default: blocks of about ``CPU_BLOCK_BYTES`` on the CPU, every row
-            at once elsewhere. Ignored when ``out`` is ``x`` (in place), where a later block would read partner rows
-            that an earlier one has overwritten: every row is then done in one block.
+        block_rows: box rows per block of work (see ``merge_rows``; ignored in place).
 
     Returns:
         ``out``, written in place.
     """
-    batch_size, channels, height, width = x.shape
+    height, width = x.shape[-2:]
     rows = _box_rows(boxes, height)
-    total = rows.shape[0]
-    if total == 0:
+    if rows.shape[0] == 0:
         return out
     device = x.device
     sample, read, write = to_device(F_mix.host_tensor(rows), device).unbind(1)  # (R,) each
@@ -132,41 +118,8 @@ def paste_resized_partners(
     inside = (cols >= left) & (cols < right)
     # (B, W) pixel each output column takes from [partner row | own row]: resized inside the box, own outside
     columns = torch.where(inside, _nearest_source_index(cols - left, width, right - left), cols + width)
-    columns = columns.index_select(0, sample)  # (R, W)
-    partner_rows = index.index_select(0, sample) * height + read  # (R,) in (B * H) rows
-    own_rows = sample * height + write
-    if memory_format_of(x) == torch.channels_last:
-        unit = 1  # one memory row per box row: W pixels of C values
-        source = x.permute(0, 2, 3, 1).reshape(batch_size * height, width * channels)  # a view
-        target = out.permute(0, 2, 3, 1).view(batch_size * height, width * channels)
-    else:
-        unit = channels  # C memory rows of W values per box row, channel c of image b at row (b * C + c) * H
-        offset = (torch.arange(channels, device=device) * height).view(1, -1)
-        partner_rows = ((partner_rows - read) * channels + read).view(-1, 1) + offset  # (R, C)
-        own_rows = ((own_rows - write) * channels + write).view(-1, 1) + offset
-        source = x.reshape(batch_size * channels * height, width)
-        target = out.view(batch_size * channels * height, width)
-    pairs = torch.stack([partner_rows.view(total, unit), own_rows.view(total, unit)], dim=2)  # (R, unit, 2)
-    own_rows = own_rows.view(total, unit)
-    if out.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():
-        block_rows = total  # in place: every partner row must be read before any box row is written
-    elif block_rows is None:
-        row_bytes = 2 * width * channels * x.element_size()
-        block_rows = max(1, CPU_BLOCK_BYTES // row_bytes) if device.type == "cpu" else total
-    for start in range(0, total, block_rows):
-        stop = min(total, start + block_rows)
-        n = stop - start
-        picked = source.index_select(0, pairs[start:stop].flatten())
-        if unit == 1:  # (n, 2 W, C): gather whole pixels
-            merged = picked.view(n, 2 * width, channels).gather(
-                1, columns[start:stop].view(n, width, 1).expand(n, width, channels)
-            )
-        else:  # (n, C, 2 W): gather within each channel's row
-            merged = picked.view(n, channels, 2 * width).gather(
-                2, columns[start:stop].view(n, 1, width).expand(n, channels, width)
-            )
-        target.index_copy_(0, own_rows[start:stop].flatten(), merged.reshape(n * unit, -1))
-    return out
+    partner_rows = index.index_select(0, sample) * height + read  # (R,) image rows, b * H + h
+    return F_mix.merge_rows(x, out, partner_rows, sample * height + write, columns.index_select(0, sample), block_rows)
 
 
 @register_mixer(
