@@ -135,9 +135,8 @@ def test_resizemix_call_makes_no_sync_like_op(mode, memory_format):
 @pytest.mark.parametrize("inplace", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
 def test_paste_resized_partners_equals_blending_the_resized_partners(dtype, inplace, block_rows, memory_format):
-    # elem mode writes only the box rows, in blocks; it must give what resizing every partner (or, for CutMix, the
-    # partner itself) and blending with the keep mask gives, empty, one-pixel and whole-image boxes included, whatever
-    # the block size
+    # elem mode writes only the box rows, in blocks; it must give what resizing every partner and blending with the
+    # keep mask gives, empty, one-pixel and whole-image boxes included, whatever the block size
     generator = torch.Generator().manual_seed(4)
     height, width = 23, 31
     boxes = _all_boxes(height, width, generator)[::7]
@@ -157,12 +156,6 @@ def test_paste_resized_partners_equals_blending_the_resized_partners(dtype, inpl
     assert (out.data_ptr() == target.data_ptr()) == inplace
     assert out.is_contiguous(memory_format=memory_format)
     assert torch.equal(out, expected)
-    # elem-mode CutMix's paste of the box rows: the partner's pixels at the same place
-    target = x.clone()
-    out = F_mix.paste_box_rows(target, index, boxes, target if inplace else target.clone(), block_rows=block_rows)
-    assert (out.data_ptr() == target.data_ptr()) == inplace
-    assert out.is_contiguous(memory_format=memory_format)
-    assert torch.equal(out, torch.lerp(x[index], x, mask.to(dtype)))
 
 
 def test_paste_resized_partners_leaves_everything_when_no_box_has_pixels():
