@@ -15,10 +15,11 @@ Two ways to mix, chosen from the mixer, never from the data:
   collate asks such a mixer for its mix on a one-channel stand-in of the batch (zeros, float16) and applies the
   returned ``index`` / ``lam`` / ``mask`` to the real pixels itself: a rectangle (CutMix) is copied as uint8,
   another binary mask picks each pixel from one source, a soft mask or a global lambda (mixup) is blended in float32
-  a few samples at a time, so the float work stays in the CPU's cache. A :class:`~openmix.mixers.cutmix.CutMix`
-  itself is not called: the collate makes its draws (partners, lambdas, boxes) with the same calls on the same
-  generator, in the same order, and copies each sample and its partner's box into the output, as timm does, without
-  the stand-in or a full-size mask;
+  a few samples at a time, so the float work stays in the CPU's cache. A mixer that also declares
+  ``pastes_boxes`` (CutMix) is not called: the collate draws its partners and then its boxes
+  (``mixer.draw_boxes``) from the same generator, in the same order as its call, and copies each sample and its
+  partner's box into the output, as timm does, without the stand-in or a full-size mask (hooks registered on the
+  mixer module do not run then);
 - every other eligible mixer (SaliencyMix reads the pixels, ResizeMix moves its partner) mixes the real batch,
   converted to float32, and its output is rounded.
 
@@ -46,11 +47,13 @@ from openmix.mixers import Mixer, MixOutput, create_mixer, get_mixer_entry
 from openmix.mixers import functional as F_mix
 from openmix.mixers._base import check_call
 from openmix.mixers._registry import accepts_argument
-from openmix.mixers.cutmix import CutMix
 from openmix.targets import check_smoothing
 
 NUMPY_LAYOUTS = ("auto", "chw", "hwc")
 CHUNK_ELEMENTS = 1 << 18  # float32 elements blended per step (1 MiB per buffer): the work stays in the L2 cache
+GATHER_BYTES = 1 << 21  # a CutMix box of at most 2 MiB over the batch is gathered in one op, not sample by sample
+NUMPY_DTYPES = (torch.uint8, torch.float16, torch.float32, torch.float64)  # image dtypes NumPy has
+BIT_TYPES = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}  # an integer dtype of each size
 
 
 class MixRecord(NamedTuple):
@@ -228,7 +231,7 @@ class MixCollate:
             raise ValueError(f"numpy_layout must be one of {NUMPY_LAYOUTS}, got {numpy_layout!r}")
         self.numpy_layout = numpy_layout
         self.applies_mask = draws_ignore_pixels(self.mixer)  # mix a stand-in, apply its mask to the pixels
-        self.draws_boxes = type(self.mixer) is CutMix  # CutMix exactly (not a subclass): its draws made here
+        self.draws_boxes = bool(getattr(self.mixer, "pastes_boxes", False))  # its boxes drawn, the pixels pasted here
         self.calls = 0  # collate calls made by this object in this process (the last entry of each batch's seed)
         self._stand_in_cache: Tensor | None = None  # (B, 1, H, W) zeros, kept between calls of the same shape
 
@@ -332,7 +335,7 @@ class MixCollate:
     def label_tensor(self, labels: Sequence[Any]) -> Tensor:
         """(B,) int64 class ids, checked against ``num_classes``, or (B, K) float32 soft targets."""
         values = [item.item() if isinstance(item, (Tensor, np.ndarray)) and item.ndim == 0 else item for item in labels]
-        if all(is_int(value) for value in values):
+        if all(type(value) is int or is_int(value) for value in values):  # the first test is the quick one
             ids = torch.tensor([int(value) for value in values], dtype=torch.int64)
             if int(ids.min()) < 0 or int(ids.max()) >= self.num_classes:
                 raise ValueError(
@@ -361,7 +364,8 @@ class MixCollate:
 
         Returns:
             (mixed images, (B, K) float32 soft targets, the mixer's :class:`~openmix.MixOutput` with ``x`` replaced
-            by the mixed images, its ``index``, ``lam`` and ``mask`` describing them).
+            by the mixed images, its ``index``, ``lam`` and ``mask`` describing them; for a CutMix the output its
+            call would return, built by the collate from the same draws).
         """
         if not isinstance(images, Tensor):
             raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
@@ -412,27 +416,22 @@ class MixCollate:
     def _draw_boxes(
         self, shape: torch.Size, labels: Tensor, generator: torch.Generator | None, with_mask: bool
     ) -> tuple[MixOutput, list[list[int]]]:
-        """The CutMix mixer's draws for a (B, C, H, W) batch without mixing anything: what its call on the stand-in
-        returns (``x`` aside, the stand-in itself, never read) and the boxes ``[top, bottom, left, right]`` it pastes
-        (one, or B in elem mode).
+        """A ``pastes_boxes`` mixer's draws for a (B, C, H, W) batch, made without mixing anything: the ``MixOutput``
+        its call would return, with ``x`` a (B, 1, H, W) float16 stand-in of no memory (the caller puts the mixed
+        images there), and the boxes ``[top, bottom, left, right]`` it pastes (one, or B in elem mode).
 
-        The draws are the mixer's own calls in its own order (``PairMixer.forward``, then ``CutMix.mix``): the partner
-        index, then the lambdas (or ``minmax`` sides) and the box positions, all from ``generator``, so the generator
-        ends in the same state and the boxes, ``index`` and ``lam`` are the ones the mixer would give; the call is
-        checked as the mixer checks it. ``mask``: the mixer's (1 or B, 1, H, W) float32 keep mask
-        (``functional.box_keep_mask``), or ``None`` without ``with_mask``.
+        The draws are those of its call, in its order (``PairMixer.forward``: the partner index, then
+        ``mixer.draw_boxes``), all from ``generator``, so the generator ends in the same state and the boxes,
+        ``index`` and ``lam`` are the ones the mixer would give; the call is checked as the mixer checks it.
+        ``mask``: the mixer's (1 or B, 1, H, W) float32 keep mask (``functional.box_keep_mask``), or ``None`` without
+        ``with_mask``.
         """
         mixer = self.mixer
         batch_size, _, height, width = shape
         blank = torch.zeros((), dtype=torch.float16).expand(batch_size, 1, height, width)  # no memory: checks only
         check_call(mixer, blank, labels, generator, {})
         index = F_mix.partner_index(batch_size, mixer.pairing, generator)
-        num_boxes = 1 if mixer.mode == "batch" else batch_size
-        if mixer.minmax is not None:
-            boxes = F_mix.boxes_from_minmax(mixer.minmax, num_boxes, height, width, generator)
-        else:
-            lam = mixer.draw_lam(None, batch_size, generator)
-            boxes = F_mix.boxes_from_lam(lam[:num_boxes], height, width, generator)
+        boxes = mixer.draw_boxes(batch_size, height, width, None, generator)
         lam = F_mix.box_lam(boxes, height, width).expand(batch_size)
         lam = F_mix.to_device(lam, torch.device("cpu"), torch.float32).clamp(0.0, 1.0)
         mask = F_mix.box_keep_mask(boxes, height, width) if with_mask else None
@@ -570,32 +569,50 @@ def _paste_boxes(
     images: Sequence[Tensor], partners: list[int], boxes: list[list[int]], store: Store, out: Tensor
 ) -> None:
     """Sample i keeps its pixels outside ``boxes[i]`` (``[top, bottom, left, right]``, one box for the whole batch or
-    one per sample) and takes its partner's inside: each sample is copied into the output, then its partner's box
-    over it (timm's ``FastCollateMixup`` loop), so the only memory written is the output's and nothing is
-    allocated. The copies are NumPy slice assignments of the pixels' bits (a fraction of a torch op's overhead, for
-    any dtype)."""
+    one per sample) and takes its partner's inside: only the boxes are copied from the partners.
+
+    Each sample is copied into the output, then its partner's box over it (timm's ``FastCollateMixup`` loop), as
+    NumPy slice assignments (a fraction of a torch op's overhead), with no temporary tensor (but the batch in the
+    pixels' dtype when ``out`` is a normalised float32 one). One box whose copies total at most ``GATHER_BYTES``
+    (small images, where the loop's overhead would dominate) is pasted in two torch ops instead: the batch stacked
+    into the output, then the partners' boxes gathered from it.
+    """
     # the pixels, before any normalisation: written into the output itself when it has their dtype
     target = out if out.dtype == images[0].dtype else torch.empty(out.shape, dtype=images[0].dtype)
-    pixels = _bits(target)
-    sources = _bits(images) if isinstance(images, Tensor) else [_bits(image) for image in images]
-    shared = len(boxes) == 1
-    for row, partner in enumerate(partners):
-        top, bottom, left, right = boxes[0] if shared else boxes[row]
-        pixels[row] = sources[row]
-        if bottom > top and right > left:
-            pixels[row, :, top:bottom, left:right] = sources[partner][:, top:bottom, left:right]
+    top, bottom, left, right = boxes[0]
+    box_elements = len(partners) * target.shape[1] * max(bottom - top, 0) * max(right - left, 0)
+    box_bytes = box_elements * target.element_size()
+    if len(boxes) == 1 and box_bytes <= GATHER_BYTES:
+        if isinstance(images, Tensor):
+            target.copy_(images)
+        else:
+            torch.stack(list(images), out=target)
+        if box_bytes:  # the partners' boxes, all read before any is written
+            region = target[:, :, top:bottom, left:right]
+            region.copy_(region.index_select(0, torch.tensor(partners)))
+    else:
+        pixels = _host_array(target)
+        sources = _host_array(images) if isinstance(images, Tensor) else [_host_array(image) for image in images]
+        for row, partner in enumerate(partners):
+            if len(boxes) > 1:
+                top, bottom, left, right = boxes[row]
+            pixels[row] = sources[row]
+            if bottom > top and right > left:
+                pixels[row, :, top:bottom, left:right] = sources[partner][:, top:bottom, left:right]
     if target is not out:
         store(target, out)
 
 
-BIT_TYPES = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}  # an integer dtype of each size
-
-
-def _bits(tensor: Tensor) -> np.ndarray:
-    """A NumPy view of a tensor's elements as integers of their size (its bits: copying them copies the values, for
-    dtypes NumPy lacks too), on the host (a tensor elsewhere is copied there first)."""
-    tensor = tensor.detach().cpu()
-    return tensor.view(BIT_TYPES[tensor.element_size()]).numpy()
+def _host_array(tensor: Tensor) -> np.ndarray:
+    """A NumPy view of a tensor's elements (a copy on the host for a tensor elsewhere), of a NumPy dtype decided by
+    the tensor's dtype alone: its own, or for a dtype NumPy lacks (bfloat16, float8) integers of its size (its bits:
+    copying them copies the values)."""
+    if tensor.dtype not in NUMPY_DTYPES:
+        tensor = tensor.view(BIT_TYPES[tensor.element_size()])
+    try:
+        return tensor.numpy()
+    except (RuntimeError, TypeError):  # it requires grad, or it is not on the host
+        return tensor.detach().cpu().numpy()
 
 
 def _partner_boxes(mask: Tensor) -> list[list[int]] | None:

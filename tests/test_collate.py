@@ -116,6 +116,27 @@ def test_applying_the_mask_gives_the_mixers_own_mix(name, mode):
         assert difference == 0 if binary else difference <= 1
 
 
+@pytest.mark.parametrize(
+    "options, gather_bytes",
+    [({"mode": "elem", "minmax": (0.2, 0.8)}, None), ({"pairing": "flip", "alpha": 0.4}, None), ({}, 0)],
+)
+def test_cutmix_draws_made_by_the_collate_are_the_mixers_own(options, gather_bytes, monkeypatch):
+    """The collate makes a CutMix's draws itself instead of calling it: the mixer's own mix (partners, lambdas, mask,
+    pixels), with the generator left as the mixer's call leaves it; ``gather_bytes=0``: batch-mode boxes pasted
+    sample by sample, as for large images."""
+    if gather_bytes is not None:
+        monkeypatch.setattr("openmix.collate.GATHER_BYTES", gather_bytes)
+    images, labels = uint8_batch(7, 15, 21, seed=4)
+    collate = MixCollate("cutmix", NUM_CLASSES, mixer_kwargs=options)
+    for seed in range(3):
+        generator, own_generator = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+        mixed, _, mix = collate.mix_batch(images, labels, generator)
+        own = openmix.create_mixer("cutmix", **options)(images.float(), labels, generator=own_generator)
+        assert torch.equal(mix.index, own.index) and torch.equal(mix.lam, own.lam) and torch.equal(mix.mask, own.mask)
+        assert torch.equal(mixed, own.x.to(torch.uint8))
+        assert torch.equal(generator.get_state(), own_generator.get_state())
+
+
 @pytest.mark.parametrize("name", ELIGIBLE)
 def test_every_eligible_mixer_collates_with_the_contract(name):
     """Every registered mixer that needs nothing from the network: uint8 in, uint8 out, lam in [0, 1], targets that

@@ -63,9 +63,11 @@ TIMM_ALPHAS = {
 NOTES = (
     "Both sides start from the same list of NumPy uint8 (C, H, W) samples and return a uint8 (B, C, H, W) batch and "
     f"(B, {NUM_CLASSES}) float32 soft targets; neither modifies the samples.",
-    "openmix asks a mixer whose draws do not read the pixels (mixup, cutmix, fmix, gridmix, smoothmix, randomchoice "
-    "of those) for its mix on a (B, 1, H, W) float16 stand-in and applies it to the uint8 pixels itself; the others "
-    "(saliencymix, resizemix) mix a float32 copy of the batch. elem mode draws one box or mask per sample.",
+    "openmix draws a box-pasting mixer's partners and boxes (cutmix) without calling it and copies each sample and "
+    "its partner's box into the output, as timm does; it asks another mixer whose draws do not read the pixels "
+    "(mixup, fmix, gridmix, smoothmix, randomchoice of those) for its mix on a (B, 1, H, W) float16 stand-in and "
+    "applies it to the uint8 pixels itself; the others (saliencymix, resizemix) mix a float32 copy of the batch. "
+    "elem mode draws one box or mask per sample.",
     "timm pairs sample i with B-1-i; openmix's mixers pair with a random permutation (their default).",
 )
 

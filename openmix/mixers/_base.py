@@ -241,6 +241,10 @@ class Mixer(nn.Module, abc.ABC):
       network's attention). ``False`` declares they depend on the batch and image sizes and the generator alone and
       that the output is ``mask * x[i] + (1 - mask) * x[index[i]]``: a collate function (``openmix.collate``) may
       then draw the mix on a small stand-in and apply it to uint8 pixels. A subclass that reads pixels sets it back.
+    - ``pastes_boxes``: the mix is a box paste, drawn by ``draw_boxes(batch_size, height, width, lam, generator)``
+      right after the partners: sample i keeps its pixels outside box i and takes ``x[index[i]]``'s inside, at the
+      same place, and lam is the share outside the box (CutMix). A collate function then draws the boxes alone and
+      copies the boxes of uint8 pixels, without a stand-in or a mask. A subclass that mixes otherwise sets it back.
     - ``solves_on_host``: each call solves an optimisation on the CPU (PuzzleMix's and Co-Mixup's graph cuts), so it
       copies the batch's saliency to the host and waits for the device by design. Every other mixer makes its draws
       on the host and reads nothing back from the device: a training step with it never synchronises
@@ -259,6 +263,7 @@ class Mixer(nn.Module, abc.ABC):
     takes_lam: ClassVar[bool] = True
     solves_on_host: ClassVar[bool] = False
     reads_pixels: bool = True
+    pastes_boxes: bool = False
     trained_by: ClassVar[str | None] = None
     inplace: bool = False
     registry_name: str = ""

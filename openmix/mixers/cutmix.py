@@ -36,6 +36,7 @@ class CutMix(PairMixer):
     """
 
     reads_pixels = False  # its draws depend on the sizes and the generator alone
+    pastes_boxes = True  # draw_boxes gives its boxes; a collate function pastes them itself
 
     def __init__(
         self,
@@ -60,11 +61,18 @@ class CutMix(PairMixer):
         self, x: Tensor, index: Tensor, lam: Tensor | None, generator: torch.Generator | None
     ) -> tuple[Tensor, Tensor, Tensor]:
         batch_size, _, height, width = x.shape
-        num_boxes = 1 if self.mode == "batch" else batch_size
-        if self.minmax is not None and lam is None:
-            boxes = F_mix.boxes_from_minmax(self.minmax, num_boxes, height, width, generator)
-        else:
-            lam = self.draw_lam(lam, batch_size, generator)
-            boxes = F_mix.boxes_from_lam(lam[:num_boxes], height, width, generator)
+        boxes = self.draw_boxes(batch_size, height, width, lam, generator)
         mixed, mask = F_mix.paste_boxes(x, index, boxes, self.inplace)
         return mixed, F_mix.box_lam(boxes, height, width).expand(batch_size), mask
+
+    def draw_boxes(
+        self, batch_size: int, height: int, width: int, lam: Tensor | None, generator: torch.Generator | None
+    ) -> Tensor:
+        """The boxes of a call, drawn from ``generator`` after the partners: (1, 4) in batch mode, (B, 4) in elem
+        mode, int64 host [top, bottom, left, right], clipped to the image. ``lam``: the call's checked explicit
+        lambdas ((B,) float64) or ``None`` (Beta(alpha, alpha) draws, or ``minmax`` sides)."""
+        num_boxes = 1 if self.mode == "batch" else batch_size
+        if self.minmax is not None and lam is None:
+            return F_mix.boxes_from_minmax(self.minmax, num_boxes, height, width, generator)
+        lam = self.draw_lam(lam, batch_size, generator)
+        return F_mix.boxes_from_lam(lam[:num_boxes], height, width, generator)
