@@ -163,3 +163,22 @@ def test_paste_resized_partners_leaves_everything_when_no_box_has_pixels():
     boxes = torch.tensor([[2, 2, 0, 7], [0, 6, 3, 3], [6, 6, 7, 7]])
     out = paste_resized_partners(x, torch.tensor([2, 0, 1]), boxes, x.clone())
     assert torch.equal(out, x)
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+@pytest.mark.parametrize("layout", ["crop", "channels_last_crop"])
+def test_elem_mode_on_strided_views_equals_it_on_a_dense_copy(layout, inplace):
+    # rows of a crop are not rows of memory: the mix must still be the dense batch's, and in place land in the view
+    generator = torch.Generator().manual_seed(2)
+    if layout == "crop":
+        base = torch.randn(5, 3, 21, 24, generator=generator)
+    else:
+        base = torch.randn(5, 21, 24, 3, generator=generator).permute(0, 3, 1, 2)
+    view = base[:, :, 2:19, 3:20]
+    dense = view.contiguous()
+    y = torch.arange(5)
+    expected = openmix.create_mixer("resizemix", mode="elem")(dense, y, generator=torch.Generator().manual_seed(7))
+    mixer = openmix.create_mixer("resizemix", mode="elem", inplace=inplace)
+    out = mixer(view, y, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(out.x, expected.x)
+    assert torch.equal(view, expected.x if inplace else dense)

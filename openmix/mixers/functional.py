@@ -328,8 +328,9 @@ def merge_rows(
     values and a column a whole pixel; in channels-first memory it is C rows of W values, gathered alike.
 
     Args:
-        x: (B, C, H, W) batch, read only (it may be ``out``).
-        out: ``x`` (in place) or a tensor of its shape and memory format (a copy of it, for the rows not rebuilt).
+        x: (B, C, H, W) batch, read only (it may be ``out``), in any memory layout.
+        out: ``x`` (in place) or a copy of it (for the rows not rebuilt); a strided view that is dense in neither
+            memory format is rebuilt in a dense copy that is then written back.
         partner_rows, own_rows: (R,) int64 image rows on ``x``'s device; ``own_rows`` distinct.
         columns: (R, W) int64 in [0, 2 W) on ``x``'s device.
         block_rows: rows per block of work; default: blocks of about ``CPU_BLOCK_BYTES`` on the CPU, every row at
@@ -340,9 +341,14 @@ def merge_rows(
     total = own_rows.shape[0]
     if total == 0:
         return out
-    if memory_format_of(x) == torch.channels_last:
+    if not (out.is_contiguous() or out.is_contiguous(memory_format=torch.channels_last)):
+        # rows of a strided view (a crop, a slice) are not rows of memory: rebuild them in a dense copy, write it back
+        dense = out.contiguous(memory_format=memory_format_of(x))
+        merge_rows(x, dense, partner_rows, own_rows, columns, block_rows)
+        return out.copy_(dense)
+    if memory_format_of(out) == torch.channels_last:
         unit = 1  # one memory row per image row: W pixels of C values
-        source = x.permute(0, 2, 3, 1).reshape(batch_size * height, width * channels)  # a view
+        source = x.permute(0, 2, 3, 1).reshape(batch_size * height, width * channels)  # a view when x is dense
         target = out.permute(0, 2, 3, 1).view(batch_size * height, width * channels)
     else:
         unit = channels  # C memory rows of W values per image row: channel c of row b * H + h at (b * C + c) * H + h
@@ -350,11 +356,11 @@ def merge_rows(
         partner_rows = partner_rows + partner_rows.div(height, rounding_mode="floor") * (channels - 1) * height
         own_rows = own_rows + own_rows.div(height, rounding_mode="floor") * (channels - 1) * height
         partner_rows, own_rows = partner_rows.view(-1, 1) + offset, own_rows.view(-1, 1) + offset  # (R, C)
-        source = x.reshape(batch_size * channels * height, width)
+        source = x.reshape(batch_size * channels * height, width)  # a view when x is dense
         target = out.view(batch_size * channels * height, width)
     pairs = torch.stack([partner_rows.reshape(total, unit), own_rows.reshape(total, unit)], dim=2)  # (R, unit, 2)
     own_rows = own_rows.reshape(total, unit)
-    if out.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():
+    if target.untyped_storage().data_ptr() == source.untyped_storage().data_ptr():
         block_rows = total
     elif block_rows is None:
         row_bytes = 2 * width * channels * x.element_size()
