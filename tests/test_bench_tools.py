@@ -57,3 +57,20 @@ def test_bench_train_refuses_a_device_it_cannot_use():
             bench_train.parse_args(["--device", "cuda"])
     args = bench_train.parse_args(["--quick"])
     assert args.device == torch.device("cpu") and args.precision == "32-true"
+
+
+def test_bench_mixers_restores_a_batch_that_a_learned_mixer_wrote_in_place():
+    # an in-place mix by a learned mixer (its mask requires grad) puts the shared batch in the autograd graph; the
+    # next case (the floor's lerp with out=) must get it detached, with the pristine values
+    sys.path.insert(0, str(ROOT / "tools"))
+    import bench_mixers
+    import torch
+
+    pristine = torch.randn(4, 3, 5, 5)
+    batch = bench_mixers.Batch(pristine=pristine, work=pristine.clone(), labels=torch.arange(4))
+    mask = torch.rand(4, 1, 5, 5, requires_grad=True)
+    batch.work.mul_(mask)
+    assert batch.work.requires_grad
+    batch.restore()
+    assert not batch.work.requires_grad and torch.equal(batch.work, pristine)
+    torch.lerp(batch.work, batch.work.flip(0), 0.3, out=torch.empty_like(pristine))

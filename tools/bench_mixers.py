@@ -117,6 +117,10 @@ class Batch:
     skipped: list[str] = field(default_factory=list)
 
     def restore(self) -> None:
+        # a learned mixer's in-place call (its mask requires grad) leaves ``work`` in the autograd graph: every case
+        # reads ``batch.work`` when it runs, so the next one gets it detached again
+        if self.work.requires_grad:
+            self.work = self.work.detach()
         self.work.copy_(self.pristine)
 
 
