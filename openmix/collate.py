@@ -231,7 +231,9 @@ class MixCollate:
             raise ValueError(f"numpy_layout must be one of {NUMPY_LAYOUTS}, got {numpy_layout!r}")
         self.numpy_layout = numpy_layout
         self.applies_mask = draws_ignore_pixels(self.mixer)  # mix a stand-in, apply its mask to the pixels
-        self.draws_boxes = bool(getattr(self.mixer, "pastes_boxes", False))  # its boxes drawn, the pixels pasted here
+        # its boxes drawn and its pixels pasted here: only for a mixer whose draws ignore the pixels (a subclass that
+        # reads them, or moves its partner, is called)
+        self.draws_boxes = self.applies_mask and bool(getattr(self.mixer, "pastes_boxes", False))
         self.calls = 0  # collate calls made by this object in this process (the last entry of each batch's seed)
         self._stand_in_cache: Tensor | None = None  # (B, 1, H, W) zeros, kept between calls of the same shape
 

@@ -379,6 +379,7 @@ def test_fit_trains_the_generator_and_a_checkpoint_keeps_the_phase(tmp_path):
         ({"pairing_scope": "global"}, "pairing_scope"),
         ({"mask_loss_weight": 0.1}, "mask_loss_weight"),
         ({"block_loss_prob": 0.5}, "block_loss_prob"),
+        ({"block_loss_prob": True}, "block_loss_prob"),
         ({"adversarial_interval": 0}, "adversarial_interval"),
         ({"mixup_ratio": 1.5}, "mixup_ratio"),
         ({"generator_loss_weight": -1.0}, "generator_loss_weight"),

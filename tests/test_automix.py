@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -327,6 +328,9 @@ def test_block_loss_prob_skips_only_the_momentum_pass_on_its_share_of_steps():
     runs = [model.trains_block_loss(index) for index in range(400)]
     assert abs(sum(runs) - 120) < 4.5 * math.sqrt(400 * 0.3 * 0.7)
     assert runs == [model.trains_block_loss(index) for index in range(400)], "a batch's draw is fixed"
+    assert tiny_automix(block_loss_prob=np.float32(0.3)).hparams.block_loss_prob == pytest.approx(0.3)
+    with pytest.raises(TypeError, match="block_loss_prob"):
+        tiny_automix(block_loss_prob=True)
 
 
 def test_separate_clean_forward_normalises_the_clean_and_the_mixed_batch_apart():

@@ -401,3 +401,19 @@ def test_collate_benchmark_quick_smoke(tmp_path):
 def test_the_pixel_blind_mixers_are_the_ones_whose_draws_ignore_the_pixels():
     assert set(BLIND) == {"mixup", "cutmix", "fmix", "gridmix", "smoothmix", "randomchoice"}
     assert openmix.create_mixer("saliencymix").reads_pixels and openmix.create_mixer("resizemix").reads_pixels
+
+
+def test_a_cutmix_subclass_that_reads_the_pixels_is_called():
+    # pastes_boxes lets the collate draw the boxes itself only for a mixer whose draws ignore the pixels: a subclass
+    # that reads them (and mixes otherwise) must be called, its own mix kept
+    class FlippedCutMix(openmix.mixers.CutMix):
+        reads_pixels = True
+
+        def mix(self, x, index, lam, generator):
+            mixed, lam, mask = super().mix(x, index, lam, generator)
+            return mixed.flip(3), lam, mask
+
+    images, labels = uint8_batch(4, 8, 8, seed=3)
+    mixed, _, _ = MixCollate(FlippedCutMix(), NUM_CLASSES).mix_batch(images, labels, torch.Generator().manual_seed(0))
+    own = FlippedCutMix()(images.float(), labels, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(mixed, own.x.to(torch.uint8))

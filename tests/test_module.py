@@ -186,3 +186,33 @@ def test_module_rejects_bad_arguments():
         tiny_model(mixer="cutmx")
     with pytest.raises(ValueError, match="unknown argument"):
         tiny_model(mixer="mixup", mixer_kwargs={"alhpa": 1.0})
+
+
+def test_epoch_summary_pairs_every_ranks_values_by_name(monkeypatch):
+    # a value logged on some steps only (AutoMix's block loss with block_loss_prob < 1) may be missing on a rank or
+    # first seen in another order there: the ranks must still reduce the same names, in the same order
+    model = tiny_model()
+    model.on_train_epoch_start()
+    model.log_train("train/loss", torch.tensor(1.0), 2)
+    model.log_train("train/momentum", 0.9, 2)
+    other = {"train/loss": (4.0, 2), "train/block_loss": (3.0, 3), "train/momentum": (2.0, 2)}  # rank 1's sums
+    monkeypatch.setattr(torch.distributed, "is_available", lambda: True)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 2)
+
+    def all_gather_object(out, names):
+        out[:] = [names, list(other)]
+
+    monkeypatch.setattr(torch.distributed, "all_gather_object", all_gather_object)
+    queue = [other[name] for name in sorted(other)]  # rank 1 gathers its sums in the agreed (sorted) order
+
+    def all_gather(tensor):
+        theirs = torch.tensor(queue.pop(0), dtype=torch.float64) if tensor.shape == (2,) else tensor
+        return torch.stack([tensor, theirs])
+
+    monkeypatch.setattr(model, "all_gather", all_gather)
+    summary = model.epoch_summary()
+    assert summary["train/loss_epoch"] == pytest.approx((1.0 * 2 + 4.0) / 4)
+    assert summary["train/momentum_epoch"] == pytest.approx((0.9 * 2 + 2.0) / 4)
+    assert summary["train/block_loss_epoch"] == pytest.approx(3.0 / 3)  # logged on rank 1 only
+    assert not queue

@@ -182,3 +182,10 @@ def test_elem_mode_on_strided_views_equals_it_on_a_dense_copy(layout, inplace):
     out = mixer(view, y, generator=torch.Generator().manual_seed(7))
     assert torch.equal(out.x, expected.x)
     assert torch.equal(view, expected.x if inplace else dense)
+
+
+@pytest.mark.parametrize("block_rows", [0, -1, 2.0, True])
+def test_paste_resized_partners_refuses_a_bad_block_size(block_rows):
+    x = torch.randn(2, 1, 4, 4)
+    with pytest.raises(ValueError, match="block_rows"):
+        paste_resized_partners(x, torch.tensor([1, 0]), torch.tensor([[0, 2, 0, 2]] * 2), x.clone(), block_rows)

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from openmix.lightning.distributed import gather_batches, mix_across_ranks
 from openmix.lightning.module import MixClassifier
 from openmix.mixers import MixOutput, get_mixer_entry
+from openmix.mixers import functional as F_mix
 from openmix.mixers.automix import AutoMix, intermediate_features
 
 DEFAULT_MIX_BLOCK = "automix"
@@ -124,8 +125,9 @@ class AutoMixClassifier(MixClassifier):
             raise ValueError(f"momentum_bn must be 'train' or 'eval', got {momentum_bn!r}")
         if clean_forward not in CLEAN_FORWARDS:
             raise ValueError(f"clean_forward must be one of {CLEAN_FORWARDS}, got {clean_forward!r}")
-        if isinstance(block_loss_prob, bool) or not isinstance(block_loss_prob, (int, float)):
+        if not F_mix.is_real(block_loss_prob):
             raise TypeError(f"block_loss_prob must be a number in [0, 1], got {type(block_loss_prob).__name__}")
+        block_loss_prob = float(block_loss_prob)
         if not 0.0 <= block_loss_prob <= 1.0:
             raise ValueError(f"block_loss_prob must lie in [0, 1], got {block_loss_prob}")
         if self.objective.uses_clean_batch:
@@ -302,9 +304,13 @@ class AutoMixClassifier(MixClassifier):
         (BN statistics) are copied, with ``"train"`` the momentum network keeps its own."""
         ema_params = list(self.ema_network.parameters())
         online_params = [p.detach() for p in self.network.parameters()]
-        # the multi-tensor kernels (as timm's ModelEmaV3): a few launches on CUDA instead of two per tensor
-        torch._foreach_mul_(ema_params, momentum)
-        torch._foreach_add_(ema_params, online_params, alpha=1 - momentum)
+        if all(p.dtype in (torch.float32, torch.float64) for p in ema_params):
+            # the multi-tensor kernels (as timm's ModelEmaV3): a few launches on CUDA instead of two per tensor
+            torch._foreach_mul_(ema_params, momentum)
+            torch._foreach_add_(ema_params, online_params, alpha=1 - momentum)
+        else:  # half-precision weights: _foreach_mul_ would round the momentum to their dtype first
+            for ema, online in zip(ema_params, online_params):
+                ema.mul_(momentum).add_(online, alpha=1 - momentum)
         if self.hparams.momentum_bn == "eval":
             for ema, online in zip(self.ema_network.buffers(), self.network.buffers()):
                 ema.copy_(online)

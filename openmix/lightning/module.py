@@ -131,6 +131,20 @@ def import_class(path: str) -> type:
         raise ValueError(f"trained_by names {path!r}, which is not an importable class") from None
 
 
+def names_on_every_rank(names: list[str]) -> list[str]:
+    """The training values to reduce at the end of an epoch, the same list in the same order on every rank: the
+    union of every rank's ``names`` in sorted order under ``torch.distributed`` (a value logged on some steps only,
+    such as AutoMix's ``train/block_loss``, may be missing on a rank, or first seen in another order), ``names`` as
+    they are in a single process. One ``all_gather_object`` of the names per epoch."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return names
+    if torch.distributed.get_world_size() == 1:
+        return names
+    gathered: list[list[str] | None] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(gathered, names)
+    return sorted({name for rank_names in gathered for name in rank_names or []})
+
+
 class MixClassifier(L.LightningModule):
     """Image classifier trained on mixed batches.
 
@@ -545,7 +559,9 @@ class MixClassifier(L.LightningModule):
         # training time only: the validation that Lightning runs inside the epoch is subtracted
         elapsed = max(time.perf_counter() - self._epoch_start - self._validation_seconds, 1e-9)
         summary: dict[str, Tensor] = {}
-        for name, (total, count) in self._epoch_sums.items():
+        counts: dict[str, Tensor] = {}
+        for name in names_on_every_rank(list(self._epoch_sums)):
+            total, count = self._epoch_sums.get(name, (0.0, 0))  # a name this rank never logged: nothing to add
             totals = self.all_gather(
                 torch.stack(
                     [
@@ -556,6 +572,7 @@ class MixClassifier(L.LightningModule):
             )
             totals = totals.reshape(-1, 2).sum(dim=0)  # (world, 2) summed; a single process gives (2,)
             summary[f"{name}_epoch"] = totals[0] / totals[1].clamp(min=1)
+            counts[f"{name}_epoch"] = totals[1]
         rate = torch.tensor(self._epoch_images / elapsed, dtype=torch.float64, device=self.device)
         summary["train/images_per_sec"] = self.all_gather(rate).sum()
         memory = torch.tensor(self.peak_memory_mb(), dtype=torch.float64, device=self.device)
@@ -563,7 +580,8 @@ class MixClassifier(L.LightningModule):
         summary["train/wall_time_s"] = torch.tensor(self.run_wall_time())  # cumulative over resumes
         if self.train_lams:
             summary["train/lam_mean"] = torch.cat(self.train_lams).double().mean()
-        return {name: float(value) for name, value in summary.items()}  # one host read per epoch
+        # one host read per epoch; a value no rank logged this epoch is left out, not reported as 0
+        return {name: float(value) for name, value in summary.items() if name not in counts or float(counts[name]) > 0}
 
     def on_train_epoch_end(self) -> None:
         summary = self.epoch_summary()

@@ -338,6 +338,8 @@ def merge_rows(
             block would read partner rows that an earlier one has overwritten.
     """
     batch_size, channels, height, width = x.shape
+    if block_rows is not None and (not is_int(block_rows) or block_rows < 1):
+        raise ValueError(f"block_rows must be a positive int or None, got {block_rows!r}")
     total = own_rows.shape[0]
     if total == 0:
         return out

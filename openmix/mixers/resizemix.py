@@ -89,7 +89,9 @@ def paste_resized_partners(
     x: Tensor, index: Tensor, boxes: Tensor, out: Tensor, block_rows: int | None = None
 ) -> Tensor:
     """Write ``x[index[i]]`` resized (nearest) into box i of ``out`` (``x`` itself or a copy of it) and return
-    ``out``: bit for bit ``lerp(resized_partners(x, index, boxes), x, keep mask)``, in either memory format.
+    ``out``: bit for bit ``lerp(resized_partners(x, index, boxes), x, keep mask)``, in either memory format, for
+    finite values (pixels are copied, not blended: a NaN or inf in the partner stays inside the box, where the blend
+    would spread it to the sample's own pixels).
 
     Only the box rows are rebuilt (:func:`openmix.mixers.functional.merge_rows`): box row r of sample i reads the
     partner's row ``_nearest_source_index(r - top, H, h)`` and, inside the box, its columns
@@ -102,7 +104,7 @@ def paste_resized_partners(
         boxes: (B, 4) int64 host [top, bottom, left, right] (the row bookkeeping is made on the host and moved with
             :func:`to_device`, so nothing is read back from a device).
         out: the tensor written, ``x`` or a tensor of its shape and memory format.
-        block_rows: box rows per block of work (see ``merge_rows``; ignored in place).
+        block_rows: box rows per block of work (see ``merge_rows``: one block in place); a positive int or ``None``.
 
     Returns:
         ``out``, written in place.
