@@ -74,8 +74,10 @@ def test_a_changed_grid_is_refused_and_a_failed_run_is_reported(tmp_path, capsys
     # a test that did not finish (the runner was killed during it): only the test runs again, not the fit
     record.pop("test")
     (folder / "run.json").write_text(json.dumps(record))
+    fitted = {name: (folder / name).read_text() for name in ("metrics.csv", "config.yaml")}
     run_grid(load_grid(grid), runs)  # the runner in this process, as `openmix bench` calls it
     assert "test done" in capsys.readouterr().out
+    assert {name: (folder / name).read_text() for name in fitted} == fitted, "a test step leaves the fit's logs"
     after = json.loads((folder / "run.json").read_text())
     assert after["segments"] == record["segments"] and after["test"]["status"] == "done"
     assert (folder / "test" / "version_1" / "metrics.csv").is_file()
