@@ -435,10 +435,8 @@ class MixCollate:
         index = F_mix.partner_index(batch_size, mixer.pairing, generator)
         boxes = mixer.draw_boxes(batch_size, height, width, None, generator)
         lam = F_mix.box_lam(boxes, height, width).expand(batch_size)
-        lam = F_mix.to_device(lam, torch.device("cpu"), torch.float32).clamp(0.0, 1.0)
         mask = F_mix.box_keep_mask(boxes, height, width) if with_mask else None
-        mix = MixOutput(blank, index, lam, labels, labels.index_select(0, index), mask)
-        return mix, boxes.tolist()
+        return mixer.output(blank, index, lam, labels, mask), boxes.tolist()
 
     def _stand_in(self, shape: torch.Size) -> Tensor:
         """(B, 1, H, W) float16 zeros: what a pixel-blind mixer mixes to give its draws (values never read; half the

@@ -357,8 +357,14 @@ class PairMixer(Mixer):
         lam_in = F_mix.check_lam(lam, batch_size, self.mode)
         index = F_mix.to_device(F_mix.partner_index(batch_size, self.pairing, generator), x.device)
         mixed, lam_out, mask = self.mix(x, index, lam_in, generator, **context)
-        lam_out = F_mix.to_device(lam_out, x.device, torch.float32).clamp(0.0, 1.0)  # new: not the mixer's tensor
-        return MixOutput(mixed, index, lam_out, y, y.index_select(0, index), mask)
+        return self.output(mixed, index, lam_out, y, mask)
+
+    @staticmethod
+    def output(mixed: Tensor, index: Tensor, lam: Tensor, y: Tensor, mask: Tensor | None) -> MixOutput:
+        """The call's :class:`MixOutput` from what :meth:`mix` returns: ``lam`` (B,) float64 host values become a
+        new float32 tensor on ``mixed``'s device, clamped to [0, 1]; ``y_b`` is ``y[index]``."""
+        lam = F_mix.to_device(lam, mixed.device, torch.float32).clamp(0.0, 1.0)  # new: not the mixer's tensor
+        return MixOutput(mixed, index, lam, y, y.index_select(0, index), mask)
 
     def draw_lam(self, lam_in: Tensor | None, batch_size: int, generator: torch.Generator | None) -> Tensor:
         """(B,) float64 CPU lambdas: the explicit ones, else Beta(alpha, alpha) draws (one per batch or sample)."""

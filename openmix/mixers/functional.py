@@ -324,8 +324,8 @@ def merge_rows(
     own_rows[k]]`` (2 W pixels side by side) read at ``columns[k]``: column c takes pixel ``columns[k, c]``, the
     partner's pixel j for j < W and its own pixel j - W otherwise. One ``index_select`` reads both rows, one
     ``gather`` picks the W pixels and one ``index_copy_`` writes them: ResizeMix's elem mode then reads and writes
-    the box rows only, not the whole batch. In channels-last memory a row is W * C contiguous
-    values and a column a whole pixel; in channels-first memory it is C rows of W values, gathered alike.
+    the box rows only, not the whole batch. In channels-last memory a row is W * C contiguous values and a column a
+    whole pixel; in channels-first memory it is C rows of W values, gathered alike.
 
     Args:
         x: (B, C, H, W) batch, read only (it may be ``out``), in any memory layout.
