@@ -26,7 +26,6 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -49,7 +48,7 @@ def drop_mask_loss_weight(kwargs: dict[str, Any]) -> None:
     if weight:
         raise ValueError(f"AdAutoMix's generator has no mask loss: mask_loss_weight must be 0, got {weight!r}")
     block_loss_prob = kwargs.pop("block_loss_prob", 1.0)
-    if isinstance(block_loss_prob, (bool, np.bool_)) or block_loss_prob != 1.0:
+    if not F_mix.is_real(block_loss_prob) or block_loss_prob != 1.0:
         raise ValueError(
             f"AdAutoMix trains its generator on alternating steps (adversarial_interval), not with AutoMix's block "
             f"loss: block_loss_prob must be 1, got {block_loss_prob!r}"

@@ -215,10 +215,15 @@ def boxes_from_minmax(
     return host_tensor(np.stack([top, top + cut_h, left, left + cut_w], axis=1))
 
 
+def box_sides(boxes: Tensor) -> np.ndarray:
+    """(n, 2) (height, width) of (n, 4) host boxes [top, bottom, left, right], 0 for an empty side."""
+    values = host_values(boxes)
+    return np.clip(values[:, [1, 3]] - values[:, [0, 2]], 0, None)
+
+
 def box_lam(boxes: Tensor, height: int, width: int) -> Tensor:
     """(n,) float64 share of the image outside each box: the lambda of sample i after pasting."""
-    values = host_values(boxes)
-    sides = np.clip(values[:, [1, 3]] - values[:, [0, 2]], 0, None)
+    sides = box_sides(boxes)
     return host_tensor(1.0 - (sides[:, 0] * sides[:, 1]) / (height * width))
 
 
@@ -302,10 +307,9 @@ def box_rows(boxes: Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The image rows that boxes cover, from (B, 4) host [top, bottom, left, right]: (sample, offset within its box,
     box height), each (R,) int64 in sample order (R = the sum of the heights of the boxes that have pixels). Host
     bookkeeping: no device is involved."""
-    values = host_values(boxes).astype(np.int64)
-    sides = np.clip(values[:, [1, 3]] - values[:, [0, 2]], 0, None)  # (h, w)
+    sides = box_sides(boxes).astype(np.int64)
     heights = np.where(sides[:, 1] > 0, sides[:, 0], 0)  # a box without columns has no rows to write
-    sample = np.repeat(np.arange(len(values)), heights)
+    sample = np.repeat(np.arange(len(sides)), heights)
     offset = np.arange(int(heights.sum())) - np.repeat(np.cumsum(heights) - heights, heights)
     return sample, offset, heights[sample]
 
